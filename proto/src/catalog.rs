@@ -1,0 +1,679 @@
+//! The catalog: every node's record as this agent knows it, plus the indexes that drive
+//! blocking queries.
+//!
+//! Merge rule: each node authors its own [`NodeRecord`]; a copy with a higher `version`
+//! replaces a lower one, whole. There is no field-level merge, so two agents that have seen
+//! the same versions hold the same catalog whatever order the updates arrived in.
+//!
+//! Index rule: the catalog keeps one counter that rises on every applied change, and stamps
+//! it on what changed: the node, each service instance, each check, and each service *name*
+//! (so a watcher of `web` is not woken by a change to `db`). Indexes never go backwards.
+//!
+//! The catalog is a value: the agent's single writer mutates it and publishes an immutable
+//! [`Snapshot`] after each change; readers never wait on the writer.
+
+use crate::model::{Check, HealthStatus, MemberStatus, NodeRecord, Service};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Raft-style create/modify indexes of one catalog item.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Indexes {
+    pub create: u64,
+    pub modify: u64,
+}
+
+/// One node as the catalog holds it: its record, its membership state and the indexes.
+#[derive(Clone, Debug)]
+pub struct NodeEntry {
+    pub record: NodeRecord,
+    pub status: MemberStatus,
+    /// The gossip address of the member, when known (shown by `/v1/agent/members`).
+    pub gossip_addr: Option<SocketAddr>,
+    /// When `status` last changed, in the caller's clock (milliseconds); used for reaping.
+    pub status_since_ms: u64,
+    pub indexes: Indexes,
+    pub service_indexes: BTreeMap<String, Indexes>,
+    pub check_indexes: BTreeMap<String, Indexes>,
+}
+
+impl NodeEntry {
+    pub fn service_indexes(&self, service_id: &str) -> Indexes {
+        self.service_indexes
+            .get(service_id)
+            .copied()
+            .unwrap_or(self.indexes)
+    }
+
+    pub fn check_indexes(&self, check_id: &str) -> Indexes {
+        self.check_indexes
+            .get(check_id)
+            .copied()
+            .unwrap_or(self.indexes)
+    }
+
+    /// Aggregate health of one instance on this node: the worst of its own checks and the
+    /// node-level checks. A node that is not up counts as critical.
+    pub fn instance_health(&self, service_id: &str) -> HealthStatus {
+        if !self.status.is_up() {
+            return HealthStatus::Critical;
+        }
+        self.record
+            .checks_for_service(service_id)
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(HealthStatus::Passing)
+    }
+}
+
+/// What changed when a record or a status was applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The catalog index after the change (unchanged when nothing changed).
+    pub index: u64,
+    pub changed: bool,
+}
+
+/// Why an update was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("record for node {node} has version {offered}, not newer than {held}")]
+    Stale {
+        node: String,
+        offered: u64,
+        held: u64,
+    },
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    nodes: BTreeMap<String, Arc<NodeEntry>>,
+    index: u64,
+    /// Last index at which anything about instances of this service name (lowercase) changed.
+    name_indexes: HashMap<String, u64>,
+    /// Last index at which the set of nodes (or their addresses/status/meta) changed.
+    nodes_index: u64,
+    /// Last index at which the set of service names or their tags changed.
+    services_index: u64,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Catalog {
+            index: 1,
+            nodes_index: 1,
+            services_index: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeEntry>> {
+        self.nodes.values()
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    /// Applies a node's record. A record whose version is not above the held one is refused
+    /// (`Stale`), so replays and out-of-order deliveries are harmless. `status` is the
+    /// membership state to hold the node in; `now_ms` stamps a status change.
+    pub fn apply_record(
+        &mut self,
+        record: NodeRecord,
+        status: MemberStatus,
+        gossip_addr: Option<SocketAddr>,
+        now_ms: u64,
+    ) -> Result<Change, ApplyError> {
+        let old = self.nodes.get(&record.name).cloned();
+        if let Some(old) = &old {
+            if record.version <= old.record.version {
+                return Err(ApplyError::Stale {
+                    node: record.name,
+                    offered: record.version,
+                    held: old.record.version,
+                });
+            }
+        }
+        let index = self.bump();
+        let mut touched_names: BTreeSet<String> = BTreeSet::new();
+        let mut service_indexes = BTreeMap::new();
+        let mut check_indexes = BTreeMap::new();
+        let (node_indexes, node_changed, services_changed, status_since_ms, status_changed) =
+            match &old {
+                None => {
+                    for svc in record.services.values() {
+                        touched_names.insert(svc.name.to_ascii_lowercase());
+                    }
+                    (
+                        Indexes {
+                            create: index,
+                            modify: index,
+                        },
+                        true,
+                        !record.services.is_empty(),
+                        now_ms,
+                        true,
+                    )
+                }
+                Some(old) => {
+                    let node_changed = old.record.address != record.address
+                        || old.record.meta != record.meta
+                        || old.record.datacenter != record.datacenter
+                        || old.status != status;
+                    let status_changed = old.status != status;
+                    // Any change to node-level checks or node status touches every instance.
+                    let node_checks_changed = old
+                        .record
+                        .checks
+                        .values()
+                        .filter(|c| c.service_id.is_empty())
+                        .ne(record.checks.values().filter(|c| c.service_id.is_empty()));
+                    let all = node_changed || node_checks_changed;
+                    let mut services_changed = false;
+                    for (id, svc) in &record.services {
+                        let prev = old.record.services.get(id);
+                        let svc_changed = prev != Some(svc)
+                            || !checks_equal(&old.record, &record, id);
+                        if prev.map(|p| (&p.name, &p.tags)) != Some((&svc.name, &svc.tags)) {
+                            services_changed = true;
+                        }
+                        if svc_changed || all {
+                            touched_names.insert(svc.name.to_ascii_lowercase());
+                        }
+                    }
+                    for (id, svc) in &old.record.services {
+                        if !record.services.contains_key(id) {
+                            services_changed = true;
+                            touched_names.insert(svc.name.to_ascii_lowercase());
+                        }
+                    }
+                    let since = if status_changed {
+                        now_ms
+                    } else {
+                        old.status_since_ms
+                    };
+                    let indexes = Indexes {
+                        create: old.indexes.create,
+                        modify: index,
+                    };
+                    (
+                        indexes,
+                        node_changed,
+                        services_changed,
+                        since,
+                        status_changed,
+                    )
+                }
+            };
+        let old_rec = old.as_ref().map(|o| &o.record);
+        for (id, svc) in &record.services {
+            let prev = old.as_ref().and_then(|o| {
+                o.record
+                    .services
+                    .get(id)
+                    .map(|p| (p, o.service_indexes(id)))
+            });
+            let idx = match prev {
+                Some((p, ix))
+                    if p == svc
+                        && old_rec.is_some_and(|o| checks_equal(o, &record, id))
+                        && !status_changed =>
+                {
+                    ix
+                }
+                Some((_, ix)) => Indexes {
+                    create: ix.create,
+                    modify: index,
+                },
+                None => Indexes {
+                    create: index,
+                    modify: index,
+                },
+            };
+            service_indexes.insert(id.clone(), idx);
+        }
+        for (id, chk) in &record.checks {
+            let prev = old
+                .as_ref()
+                .and_then(|o| o.record.checks.get(id).map(|p| (p, o.check_indexes(id))));
+            let idx = match prev {
+                Some((p, ix)) if p == chk => ix,
+                Some((_, ix)) => Indexes {
+                    create: ix.create,
+                    modify: index,
+                },
+                None => Indexes {
+                    create: index,
+                    modify: index,
+                },
+            };
+            check_indexes.insert(id.clone(), idx);
+        }
+        for name in touched_names {
+            self.name_indexes.insert(name, index);
+        }
+        if node_changed {
+            self.nodes_index = index;
+        }
+        if services_changed {
+            self.services_index = index;
+        }
+        let name = record.name.clone();
+        let gossip_addr = gossip_addr.or(old.as_ref().and_then(|o| o.gossip_addr));
+        self.nodes.insert(
+            name,
+            Arc::new(NodeEntry {
+                record,
+                status,
+                gossip_addr,
+                status_since_ms,
+                indexes: node_indexes,
+                service_indexes,
+                check_indexes,
+            }),
+        );
+        Ok(Change {
+            index,
+            changed: true,
+        })
+    }
+
+    /// Changes a node's membership state (alive, suspect, left, failed). Every instance on
+    /// the node changes visibility, so every one of its service names is touched.
+    pub fn set_status(
+        &mut self,
+        node: &str,
+        status: MemberStatus,
+        now_ms: u64,
+    ) -> Result<Change, ApplyError> {
+        let Some(entry) = self.nodes.get(node) else {
+            return Err(ApplyError::UnknownNode(node.to_string()));
+        };
+        if entry.status == status {
+            return Ok(Change {
+                index: self.index,
+                changed: false,
+            });
+        }
+        let mut entry = NodeEntry::clone(entry);
+        let index = self.bump();
+        entry.status = status;
+        entry.status_since_ms = now_ms;
+        entry.indexes.modify = index;
+        for (id, ix) in entry.service_indexes.iter_mut() {
+            ix.modify = index;
+            if let Some(svc) = entry.record.services.get(id) {
+                self.name_indexes
+                    .insert(svc.name.to_ascii_lowercase(), index);
+            }
+        }
+        self.nodes_index = index;
+        self.services_index = index;
+        self.nodes.insert(node.to_string(), Arc::new(entry));
+        Ok(Change {
+            index,
+            changed: true,
+        })
+    }
+
+    /// Records the gossip address of a member without touching anything else.
+    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) {
+        if let Some(entry) = self.nodes.get_mut(node) {
+            if entry.gossip_addr != Some(addr) {
+                Arc::make_mut(entry).gossip_addr = Some(addr);
+            }
+        }
+    }
+
+    /// Forgets a node entirely (reaped after `reconnect_timeout`, or force-left).
+    pub fn remove_node(&mut self, node: &str) -> Change {
+        let Some(entry) = self.nodes.remove(node) else {
+            return Change {
+                index: self.index,
+                changed: false,
+            };
+        };
+        let index = self.bump();
+        for svc in entry.record.services.values() {
+            self.name_indexes
+                .insert(svc.name.to_ascii_lowercase(), index);
+        }
+        self.nodes_index = index;
+        self.services_index = index;
+        Change {
+            index,
+            changed: true,
+        }
+    }
+
+    /// Builds the immutable view readers use.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>> = HashMap::new();
+        for entry in self.nodes.values() {
+            for (id, svc) in &entry.record.services {
+                by_name
+                    .entry(svc.name.to_ascii_lowercase())
+                    .or_default()
+                    .push((entry.clone(), id.clone()));
+            }
+        }
+        Snapshot {
+            nodes: self.nodes.clone(),
+            index: self.index,
+            name_indexes: self.name_indexes.clone(),
+            nodes_index: self.nodes_index,
+            services_index: self.services_index,
+            by_name,
+        }
+    }
+}
+
+fn checks_equal(a: &NodeRecord, b: &NodeRecord, service_id: &str) -> bool {
+    a.checks
+        .values()
+        .filter(|c| c.service_id == service_id)
+        .eq(b.checks.values().filter(|c| c.service_id == service_id))
+}
+
+/// One service instance in a snapshot: the node that hosts it and the service itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Instance<'a> {
+    pub node: &'a NodeEntry,
+    pub service: &'a Service,
+}
+
+impl<'a> Instance<'a> {
+    pub fn health(&self) -> HealthStatus {
+        self.node.instance_health(&self.service.id)
+    }
+
+    /// Checks that apply to this instance (its own and the node's).
+    pub fn checks(&self) -> impl Iterator<Item = &'a Check> {
+        self.node.record.checks_for_service(&self.service.id)
+    }
+
+    /// The address clients should connect to: the service's own, else the node's.
+    pub fn address(&self) -> String {
+        if self.service.address.is_empty() {
+            self.node.record.address.to_string()
+        } else {
+            self.service.address.clone()
+        }
+    }
+
+    pub fn has_tags(&self, tags: &[String]) -> bool {
+        tags.iter().all(|t| {
+            self.service
+                .tags
+                .iter()
+                .any(|have| have.eq_ignore_ascii_case(t))
+        })
+    }
+
+    pub fn indexes(&self) -> Indexes {
+        self.node.service_indexes(&self.service.id)
+    }
+}
+
+/// An immutable view of the catalog at one index. Cheap to clone (shared node entries).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    nodes: BTreeMap<String, Arc<NodeEntry>>,
+    index: u64,
+    name_indexes: HashMap<String, u64>,
+    nodes_index: u64,
+    services_index: u64,
+    by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>>,
+}
+
+impl Snapshot {
+    /// The catalog index this snapshot was taken at.
+    pub fn index(&self) -> u64 {
+        self.index.max(1)
+    }
+
+    /// Index of the answer about one service name: rises only when that name's instances
+    /// change (in any way that shows in a catalog or health answer).
+    pub fn service_index(&self, name: &str) -> u64 {
+        self.name_indexes
+            .get(&name.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Index of answers about the node list.
+    pub fn nodes_index(&self) -> u64 {
+        self.nodes_index.max(1)
+    }
+
+    /// Index of the answer listing service names and tags.
+    pub fn services_index(&self) -> u64 {
+        self.services_index.max(1)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.get(name).map(|n| n.as_ref())
+    }
+
+    /// Case-insensitive lookup of a node, as DNS needs.
+    pub fn node_ignore_case(&self, name: &str) -> Option<&NodeEntry> {
+        self.node(name).or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.record.name.eq_ignore_ascii_case(name))
+                .map(|n| n.as_ref())
+        })
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes.values().map(|n| n.as_ref())
+    }
+
+    /// Every instance of the service `name` (case-insensitive) on any node, up or not,
+    /// in node order.
+    pub fn instances(&self, name: &str) -> impl Iterator<Item = Instance<'_>> {
+        self.by_name
+            .get(&name.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+            .filter_map(|(node, id)| {
+                node.record.services.get(id).map(|service| Instance {
+                    node: node.as_ref(),
+                    service,
+                })
+            })
+    }
+
+    /// Instances that belong in answers: node up, and (with `passing_only`) passing,
+    /// else not critical; filtered by `tags` (all must match).
+    pub fn healthy_instances<'a>(
+        &'a self,
+        name: &str,
+        tags: &'a [String],
+        passing_only: bool,
+    ) -> impl Iterator<Item = Instance<'a>> + 'a {
+        self.instances(name).filter(move |i| {
+            let h = i.health();
+            let ok = if passing_only {
+                h == HealthStatus::Passing
+            } else {
+                h != HealthStatus::Critical
+            };
+            ok && i.has_tags(tags)
+        })
+    }
+
+    /// Service names of nodes that are up, with the union of their tags (catalog/services).
+    pub fn service_names(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for node in self.nodes.values().filter(|n| n.status.is_up()) {
+            for svc in node.record.services.values() {
+                out.entry(svc.name.clone())
+                    .or_default()
+                    .extend(svc.tags.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CheckKind, Weights};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn svc(id: &str, name: &str) -> Service {
+        Service {
+            id: id.into(),
+            name: name.into(),
+            tags: vec!["v1".into()],
+            address: String::new(),
+            port: 80,
+            meta: BTreeMap::new(),
+            weights: Weights::default(),
+            enable_tag_override: false,
+        }
+    }
+
+    fn record(node: &str, version: u64, services: &[Service]) -> NodeRecord {
+        let mut r = NodeRecord::new(node, "dc1", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        r.version = version;
+        for s in services {
+            r.services.insert(s.id.clone(), s.clone());
+        }
+        r
+    }
+
+    #[test]
+    fn higher_version_wins_and_stale_is_refused() {
+        let mut c = Catalog::new();
+        c.apply_record(record("a", 2, &[svc("web1", "web")]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        let err = c
+            .apply_record(record("a", 1, &[]), MemberStatus::Alive, None, 0)
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::Stale { held: 2, .. }));
+        assert_eq!(c.snapshot().instances("web").count(), 1);
+        c.apply_record(record("a", 3, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        assert_eq!(c.snapshot().instances("web").count(), 0);
+    }
+
+    #[test]
+    fn order_of_delivery_does_not_matter() {
+        let recs = [
+            record("a", 1, &[svc("x", "web")]),
+            record("a", 2, &[svc("x", "web"), svc("y", "db")]),
+            record("b", 5, &[svc("z", "web")]),
+            record("a", 3, &[svc("y", "db")]),
+        ];
+        let mut one = Catalog::new();
+        let mut two = Catalog::new();
+        for r in recs.iter() {
+            let _ = one.apply_record(r.clone(), MemberStatus::Alive, None, 0);
+        }
+        for r in recs.iter().rev() {
+            let _ = two.apply_record(r.clone(), MemberStatus::Alive, None, 0);
+        }
+        let names = |c: &Catalog| {
+            c.nodes()
+                .map(|n| (n.record.name.clone(), n.record.version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&one), names(&two));
+    }
+
+    #[test]
+    fn index_per_service_name() {
+        let mut c = Catalog::new();
+        c.apply_record(
+            record("a", 1, &[svc("w", "web"), svc("d", "db")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        let s1 = c.snapshot();
+        let mut r = record("a", 2, &[svc("w", "web"), svc("d", "db")]);
+        r.services.get_mut("d").unwrap().port = 5432;
+        c.apply_record(r, MemberStatus::Alive, None, 0).unwrap();
+        let s2 = c.snapshot();
+        assert_eq!(s1.service_index("web"), s2.service_index("web"));
+        assert!(s2.service_index("db") > s1.service_index("db"));
+        assert!(s2.index() > s1.index());
+        // service indexes: web instance untouched, db modified, create kept
+        let w = s2.instances("web").next().unwrap().indexes();
+        let d = s2.instances("db").next().unwrap().indexes();
+        assert_eq!(w.create, w.modify);
+        assert!(d.modify > d.create);
+    }
+
+    #[test]
+    fn status_change_hides_instances_and_bumps_names() {
+        let mut c = Catalog::new();
+        c.apply_record(record("a", 1, &[svc("w", "web")]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        let before = c.snapshot().service_index("web");
+        c.set_status("a", MemberStatus::Failed, 10).unwrap();
+        let s = c.snapshot();
+        assert!(s.service_index("web") > before);
+        assert_eq!(s.healthy_instances("web", &[], false).count(), 0);
+        // the record is kept (last known instances), just not served
+        assert_eq!(s.instances("web").count(), 1);
+        assert_eq!(s.node("a").unwrap().status_since_ms, 10);
+        assert!(c.set_status("zz", MemberStatus::Alive, 0).is_err());
+    }
+
+    #[test]
+    fn health_filters_and_tags() {
+        let mut c = Catalog::new();
+        let mut r = record("a", 1, &[svc("w1", "web"), svc("w2", "web")]);
+        r.checks.insert(
+            "c1".into(),
+            Check {
+                id: "c1".into(),
+                name: "c1".into(),
+                status: HealthStatus::Critical,
+                notes: String::new(),
+                output: String::new(),
+                service_id: "w2".into(),
+                kind: CheckKind::Ttl { ttl_ms: 1000 },
+                deregister_critical_after_ms: 0,
+            },
+        );
+        r.services.get_mut("w1").unwrap().tags = vec!["Primary".into()];
+        c.apply_record(r, MemberStatus::Alive, None, 0).unwrap();
+        let s = c.snapshot();
+        assert_eq!(s.healthy_instances("WEB", &[], false).count(), 1);
+        assert_eq!(
+            s.healthy_instances("web", &["primary".into()], false).count(),
+            1
+        );
+        assert_eq!(s.healthy_instances("web", &["v1".into()], false).count(), 0);
+        assert_eq!(s.service_names().get("web").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn remove_node_forgets_it() {
+        let mut c = Catalog::new();
+        c.apply_record(record("a", 1, &[svc("w", "web")]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        assert!(c.remove_node("a").changed);
+        assert!(!c.remove_node("a").changed);
+        assert!(c.snapshot().node("a").is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! The data model every other part of muster speaks: nodes, services, checks, health.
+//!
+//! A *node* is one host running one agent. Each node owns exactly one [`NodeRecord`]: its
+//! address, its metadata, the services registered on it and the checks guarding them. Only
+//! the owning agent ever authors that record; everyone else holds copies, and a copy with a
+//! higher [`NodeRecord::version`] replaces a lower one (see `catalog`). Keeping the unit of
+//! ownership and replication this coarse makes merging trivial and conflict-free.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Health of a check, ordered from best to worst so that `max()` gives the aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+        }
+    }
+
+    /// Parses Consul's spelling; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "passing" => Some(HealthStatus::Passing),
+            "warning" => Some(HealthStatus::Warning),
+            "critical" => Some(HealthStatus::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// DNS SRV weights of an instance, chosen by its current health (Consul's `Weights`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// One registered service instance, as its owner declared it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Unique on its node; defaults to the name.
+    pub id: String,
+    /// The service's name: a DNS label, shared by all its instances.
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Empty means "the node's address".
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+}
+
+/// How a check decides its status. Only the owning agent runs checks; the kind travels with
+/// the record so that other agents can show it (`Type` in the API).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckKind {
+    /// Status set from outside through `/v1/agent/check/{pass,warn,fail,update}`; goes
+    /// critical when not refreshed within `ttl_ms`.
+    Ttl { ttl_ms: u64 },
+    Http {
+        url: String,
+        method: String,
+        headers: BTreeMap<String, Vec<String>>,
+        tls_skip_verify: bool,
+        interval_ms: u64,
+        timeout_ms: u64,
+    },
+    Tcp {
+        address: String,
+        interval_ms: u64,
+        timeout_ms: u64,
+    },
+    Script {
+        args: Vec<String>,
+        interval_ms: u64,
+        timeout_ms: u64,
+    },
+    /// Set by the agent itself: maintenance mode, `serfHealth`.
+    Internal,
+}
+
+impl CheckKind {
+    /// Consul's `Type` string.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Ttl { .. } => "ttl",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Script { .. } => "script",
+            CheckKind::Internal => "",
+        }
+    }
+}
+
+/// One health check, attached to a service on the same node or (empty `service_id`) to the
+/// node as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub id: String,
+    pub name: String,
+    pub status: HealthStatus,
+    pub notes: String,
+    pub output: String,
+    /// Empty for a node-level check.
+    pub service_id: String,
+    pub kind: CheckKind,
+    /// Remove the service after it has been critical this long (0 = never).
+    pub deregister_critical_after_ms: u64,
+}
+
+/// Reserved check ids, as Consul names them.
+pub const SERF_HEALTH_CHECK: &str = "serfHealth";
+pub const NODE_MAINTENANCE_CHECK: &str = "_node_maintenance";
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+/// Everything one node says about itself. Authored only by that node's agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub datacenter: String,
+    /// The address other hosts reach this node at (its advertise address).
+    pub address: IpAddr,
+    pub meta: BTreeMap<String, String>,
+    /// Keyed by service id.
+    pub services: BTreeMap<String, Service>,
+    /// Keyed by check id.
+    pub checks: BTreeMap<String, Check>,
+    /// Bumped by the owner on every change; a higher version replaces a lower one.
+    pub version: u64,
+}
+
+impl NodeRecord {
+    pub fn new(name: impl Into<String>, datacenter: impl Into<String>, address: IpAddr) -> Self {
+        NodeRecord {
+            name: name.into(),
+            datacenter: datacenter.into(),
+            address,
+            meta: BTreeMap::new(),
+            services: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    /// Checks that concern `service_id`: its own plus the node-level ones (as Consul's health
+    /// endpoints report them).
+    pub fn checks_for_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Check> {
+        self.checks
+            .values()
+            .filter(move |c| c.service_id.is_empty() || c.service_id == service_id)
+    }
+}
+
+/// Where a member stands in the cluster, with Consul's numeric `Status` codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MemberStatus {
+    Alive,
+    /// Suspected by SWIM but not yet declared down: still served.
+    Suspect,
+    /// Left gracefully.
+    Left,
+    /// Declared down by SWIM.
+    Failed,
+}
+
+impl MemberStatus {
+    /// Consul's `Status` in `/v1/agent/members` (serf.MemberStatus).
+    pub fn code(self) -> u8 {
+        match self {
+            MemberStatus::Alive | MemberStatus::Suspect => 1,
+            MemberStatus::Left => 3,
+            MemberStatus::Failed => 4,
+        }
+    }
+
+    /// Whether the node's services belong in answers.
+    pub fn is_up(self) -> bool {
+        matches!(self, MemberStatus::Alive | MemberStatus::Suspect)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Suspect => "suspect",
+            MemberStatus::Left => "left",
+            MemberStatus::Failed => "failed",
+        }
+    }
+}
