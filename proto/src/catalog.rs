@@ -185,8 +185,8 @@ impl Catalog {
                     let mut services_changed = false;
                     for (id, svc) in &record.services {
                         let prev = old.record.services.get(id);
-                        let svc_changed = prev != Some(svc)
-                            || !checks_equal(&old.record, &record, id);
+                        let svc_changed =
+                            prev != Some(svc) || !checks_equal(&old.record, &record, id);
                         if prev.map(|p| (&p.name, &p.tags)) != Some((&svc.name, &svc.tags)) {
                             services_changed = true;
                         }
@@ -561,8 +561,13 @@ mod tests {
     #[test]
     fn higher_version_wins_and_stale_is_refused() {
         let mut c = Catalog::new();
-        c.apply_record(record("a", 2, &[svc("web1", "web")]), MemberStatus::Alive, None, 0)
-            .unwrap();
+        c.apply_record(
+            record("a", 2, &[svc("web1", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
         let err = c
             .apply_record(record("a", 1, &[]), MemberStatus::Alive, None, 0)
             .unwrap_err();
@@ -625,8 +630,13 @@ mod tests {
     #[test]
     fn status_change_hides_instances_and_bumps_names() {
         let mut c = Catalog::new();
-        c.apply_record(record("a", 1, &[svc("w", "web")]), MemberStatus::Alive, None, 0)
-            .unwrap();
+        c.apply_record(
+            record("a", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
         let before = c.snapshot().service_index("web");
         c.set_status("a", MemberStatus::Failed, 10).unwrap();
         let s = c.snapshot();
@@ -660,7 +670,8 @@ mod tests {
         let s = c.snapshot();
         assert_eq!(s.healthy_instances("WEB", &[], false).count(), 1);
         assert_eq!(
-            s.healthy_instances("web", &["primary".into()], false).count(),
+            s.healthy_instances("web", &["primary".into()], false)
+                .count(),
             1
         );
         assert_eq!(s.healthy_instances("web", &["v1".into()], false).count(), 0);
@@ -670,8 +681,13 @@ mod tests {
     #[test]
     fn remove_node_forgets_it() {
         let mut c = Catalog::new();
-        c.apply_record(record("a", 1, &[svc("w", "web")]), MemberStatus::Alive, None, 0)
-            .unwrap();
+        c.apply_record(
+            record("a", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
         assert!(c.remove_node("a").changed);
         assert!(!c.remove_node("a").changed);
         assert!(c.snapshot().node("a").is_none());

@@ -116,7 +116,15 @@ mod tests {
         assert_eq!(parse("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("0").unwrap(), Duration::ZERO);
         assert_eq!(parse("0s").unwrap(), Duration::ZERO);
-        for bad in ["", "10", "s", "10x", "-1s", "1..5s", "99999999999999999999999h"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "-1s",
+            "1..5s",
+            "99999999999999999999999h",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -5,6 +5,7 @@
 //! isolation and lets whole clusters be simulated in one process.
 
 pub mod catalog;
+pub mod consul;
 pub mod duration;
 pub mod model;
 pub mod validate;

@@ -165,7 +165,10 @@ impl NodeRecord {
 
     /// Checks that concern `service_id`: its own plus the node-level ones (as Consul's health
     /// endpoints report them).
-    pub fn checks_for_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Check> {
+    pub fn checks_for_service<'a>(
+        &'a self,
+        service_id: &'a str,
+    ) -> impl Iterator<Item = &'a Check> {
         self.checks
             .values()
             .filter(move |c| c.service_id.is_empty() || c.service_id == service_id)

@@ -125,7 +125,9 @@ pub fn meta(field: &str, meta: &BTreeMap<String, String>) -> Result<(), Validati
         {
             return Err(ValidationError::new(
                 field,
-                format!("key {k:?} contains {bad:?}; only letters, digits, '_' and '-' are allowed"),
+                format!(
+                    "key {k:?} contains {bad:?}; only letters, digits, '_' and '-' are allowed"
+                ),
             ));
         }
         if v.len() > MAX_META_VALUE_LEN {
@@ -160,9 +162,13 @@ pub fn address(field: &str, value: &str) -> Result<(), ValidationError> {
         return Ok(());
     }
     if value.len() > 253
-        || value
-            .split('.')
-            .any(|l| l.is_empty() || l.len() > 63 || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        || value.split('.').any(|l| {
+            l.is_empty()
+                || l.len() > 63
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
     {
         return Err(ValidationError::new(
             field,

@@ -1,1 +1,392 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: start the real `muster` binary on a 127.0.0.x
+//! address with free ports, talk to it over real HTTP, wait for conditions, clean up.
+//!
+//! The binary is `target/<profile>/muster` next to the test executable (build it with
+//! `cargo build --bins` first; the README's test command does), or `$MUSTER_BIN`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of the `muster` binary under test.
+pub fn muster_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MUSTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/muster
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("muster");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bins` before the tests (or set MUSTER_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port that was free on `ip` a moment ago (TCP and UDP).
+pub fn free_port(ip: &str) -> u16 {
+    for _ in 0..100 {
+        let l = TcpListener::bind((ip, 0)).expect("bind for a free port");
+        let port = l.local_addr().unwrap().port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("muster-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How to start one agent.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub name: String,
+    pub ip: String,
+    pub http_port: u16,
+    pub dns_port: u16,
+    pub gossip_port: u16,
+    pub dev: bool,
+    pub data_dir: Option<PathBuf>,
+    pub extra: Vec<String>,
+}
+
+impl AgentSpec {
+    /// A `--dev` agent on `ip` (e.g. "127.0.0.1") with fresh ports.
+    pub fn dev(name: &str, ip: &str) -> AgentSpec {
+        AgentSpec {
+            name: name.into(),
+            ip: ip.into(),
+            http_port: free_port(ip),
+            dns_port: free_port(ip),
+            gossip_port: free_port(ip),
+            dev: true,
+            data_dir: None,
+            extra: vec![],
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.extra.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn data_dir(mut self, d: &Path) -> Self {
+        self.data_dir = Some(d.to_path_buf());
+        self
+    }
+
+    pub fn gossip_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.gossip_port)
+    }
+
+    pub fn command_args(&self) -> Vec<String> {
+        let mut a = vec!["agent".to_string()];
+        if self.dev {
+            a.push("--dev".into());
+        }
+        for (k, v) in [
+            ("--node", self.name.clone()),
+            ("--bind", self.ip.clone()),
+            ("--advertise", self.ip.clone()),
+            ("--client", self.ip.clone()),
+            ("--http-port", self.http_port.to_string()),
+            ("--dns-port", self.dns_port.to_string()),
+            ("--gossip-port", self.gossip_port.to_string()),
+        ] {
+            a.push(k.into());
+            a.push(v);
+        }
+        if let Some(d) = &self.data_dir {
+            a.push("--data-dir".into());
+            a.push(d.display().to_string());
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// A running agent; killed (SIGKILL) on drop if still running.
+pub struct Agent {
+    pub spec: AgentSpec,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    _logdir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent and waits until its HTTP API answers.
+    pub fn start(spec: AgentSpec) -> Agent {
+        let a = Agent::spawn(spec);
+        a.wait_ready();
+        a
+    }
+
+    /// Starts the agent without waiting.
+    pub fn spawn(spec: AgentSpec) -> Agent {
+        let logdir = TempDir::new("log");
+        let log = logdir.path().join("agent.log");
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(muster_bin())
+            .args(spec.command_args())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .env("RUST_BACKTRACE", "1")
+            .spawn()
+            .expect("spawn muster");
+        Agent {
+            spec,
+            child: Some(child),
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::new(self.spec.ip.parse::<IpAddr>().unwrap(), self.spec.http_port)
+    }
+
+    pub fn dns(&self) -> SocketAddr {
+        SocketAddr::new(self.spec.ip.parse::<IpAddr>().unwrap(), self.spec.dns_port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn wait_ready(&self) {
+        let http = self.http();
+        let ok = wait_for(Duration::from_secs(20), || {
+            try_request(http, "GET", "/v1/agent/self", None, &[]).is_ok_and(|r| r.status == 200)
+        });
+        assert!(
+            ok,
+            "agent {} never became ready; log:\n{}",
+            self.spec.name,
+            self.logs()
+        );
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        request(self.http(), "GET", path, None, &[])
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> HttpResponse {
+        request(self.http(), "PUT", path, Some(body.as_bytes()), &[])
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.json()
+    }
+
+    /// Sends a signal by name ("TERM", "KILL", "HUP", "INT").
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("agent already reaped");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "agent {} did not exit in {timeout:?}; log:\n{}",
+                    self.spec.name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn index(&self) -> u64 {
+        self.header("X-Consul-Index")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no X-Consul-Index in {:?}", self.headers))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection; panics on transport errors.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    try_request(addr, method, path, body, headers)
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(700)))?;
+    let body = body.unwrap_or(&[]);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    // A server may answer (e.g. 413) before reading the whole body; ignore write errors then.
+    let _ = s.write_all(body);
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    let mut len: Option<usize> = None;
+    let mut chunked = false;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_string(), v.trim().to_string());
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse().ok();
+            }
+            if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
+                chunked = true;
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut sz = String::new();
+            r.read_line(&mut sz)?;
+            let n = usize::from_str_radix(sz.trim(), 16).map_err(std::io::Error::other)?;
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = len {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}

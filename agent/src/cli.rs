@@ -1,0 +1,123 @@
+//! The command line (SPEC §2): `muster agent` with its flags, and the client commands that
+//! talk to a running agent over HTTP.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "muster",
+    version,
+    about = "Per-host service-discovery agent (Consul-compatible API, DNS, SWIM gossip)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent.
+    Agent(AgentArgs),
+    /// List cluster members.
+    Members(ClientArgs),
+    /// List services, or the instances of one service.
+    Services {
+        /// Service name; without it, every service name with its tags.
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Register the services defined in a TOML file with the local agent.
+    Register {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deregister a service by id.
+    Deregister {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print each change of a service's healthy instances.
+    Watch {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a new gossip encryption key.
+    Keygen,
+    /// Ask the local agent to leave the cluster and stop.
+    Leave(ClientArgs),
+    /// Ask the local agent to re-read its config files.
+    Reload(ClientArgs),
+    /// Print the version.
+    Version,
+}
+
+/// Flags of `muster agent`; each overrides the same key from config files.
+#[derive(Args, Debug, Default, Clone)]
+pub struct AgentArgs {
+    /// One node, nothing on disk, everything on 127.0.0.1, no config file needed.
+    #[arg(long)]
+    pub dev: bool,
+    /// A config file (repeatable; merged in the order given).
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// A directory of *.toml config files, merged in lexical order (repeatable).
+    #[arg(long = "config-dir", value_name = "DIR")]
+    pub config_dir: Vec<PathBuf>,
+    #[arg(long = "node", value_name = "NAME")]
+    pub node: Option<String>,
+    /// Address to bind gossip to.
+    #[arg(long = "bind", value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Address other nodes reach this one at.
+    #[arg(long = "advertise", value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Address for HTTP and DNS.
+    #[arg(long = "client", value_name = "IP")]
+    pub client: Option<IpAddr>,
+    #[arg(long = "http-port")]
+    pub http_port: Option<u16>,
+    #[arg(long = "dns-port")]
+    pub dns_port: Option<u16>,
+    #[arg(long = "gossip-port")]
+    pub gossip_port: Option<u16>,
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of a member to join (repeatable).
+    #[arg(long = "join", value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Base64 32-byte gossip key (`muster keygen`).
+    #[arg(long = "encrypt", value_name = "KEY")]
+    pub encrypt: Option<String>,
+    #[arg(long = "domain")]
+    pub domain: Option<String>,
+    #[arg(long = "datacenter")]
+    pub datacenter: Option<String>,
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[arg(long = "log-json")]
+    pub log_json: bool,
+}
+
+/// How client commands reach the agent.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The agent's HTTP address.
+    #[arg(
+        long = "http-addr",
+        env = "MUSTER_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub http_addr: String,
+    /// ACL token for writes.
+    #[arg(long = "token", env = "MUSTER_HTTP_TOKEN")]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
+}

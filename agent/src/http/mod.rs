@@ -1,0 +1,475 @@
+//! The HTTP API listener (SPEC §4): hyper connections, routing, and what every endpoint
+//! shares — body limits, the write token, Consul's headers, blocking queries.
+//!
+//! Handlers live in `agent_api` (this agent's own services and checks) and `catalog_api`
+//! (cluster-wide reads). Each returns a [`Reply`]; turning replies and errors into HTTP is
+//! done here once, so every endpoint speaks the same status codes.
+
+mod agent_api;
+mod catalog_api;
+
+use crate::agent::{Shared, Stop};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use muster_proto::Snapshot;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Largest request body accepted; larger ones get 413 before they are read whole.
+pub const MAX_BODY: usize = 1 << 20;
+/// Blocking queries: default and longest wait.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Body = Full<Bytes>;
+
+/// What a handler produces: a status, a body, and the index for `X-Consul-Index`.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: &'static str,
+    pub index: Option<u64>,
+}
+
+impl Reply {
+    pub fn json(value: &serde_json::Value) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            content_type: "application/json",
+            index: None,
+        }
+    }
+
+    pub fn with_index(mut self, index: u64) -> Reply {
+        self.index = Some(index);
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Reply {
+        self.status = status;
+        self
+    }
+
+    pub fn text(status: StatusCode, text: impl Into<String>) -> Reply {
+        let mut t: String = text.into();
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        Reply {
+            status,
+            body: Bytes::from(t),
+            content_type: "text/plain; charset=utf-8",
+            index: None,
+        }
+    }
+
+    /// `true` with 200, as Consul answers successful writes.
+    pub fn ok_true() -> Reply {
+        Reply::json(&serde_json::Value::Bool(true))
+    }
+
+    pub fn empty() -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            content_type: "application/json",
+            index: None,
+        }
+    }
+}
+
+/// A refused request, mapped to its status code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(Method),
+    #[error("Permission denied: token with insufficient privileges")]
+    Forbidden,
+    #[error("request body larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<muster_proto::validate::ValidationError> for ApiError {
+    fn from(e: muster_proto::validate::ValidationError) -> Self {
+        ApiError::BadRequest(format!("Invalid {}: {}", e.field, e.reason))
+    }
+}
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError as S;
+        match e {
+            S::UnknownService(id) => ApiError::NotFound(format!("Unknown service ID {id:?}")),
+            S::UnknownCheck(id) => ApiError::NotFound(format!("Unknown check ID {id:?}")),
+            S::Invalid(m) => ApiError::BadRequest(m),
+            S::Persist(e) => ApiError::Internal(format!("could not persist: {e}")),
+        }
+    }
+}
+
+pub type ApiResult = Result<Reply, ApiError>;
+
+/// One parsed request, handed to the endpoint handlers.
+pub struct Call {
+    pub method: Method,
+    /// Path segments after `/v1/`, percent-decoded.
+    pub segments: Vec<String>,
+    pub query: HashMap<String, Vec<String>>,
+    pub body: Bytes,
+    pub shared: Shared,
+}
+
+impl Call {
+    /// The first value of a query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Whether a flag parameter is present and not explicitly false (`?passing`, `?passing=1`).
+    pub fn flag(&self, name: &str) -> bool {
+        match self.param(name) {
+            None => false,
+            Some(v) => !matches!(v, "false" | "0"),
+        }
+    }
+
+    pub fn params(&self, name: &str) -> &[String] {
+        self.query.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The body as JSON (empty body is an error naming what was expected).
+    pub fn json_body(&self, what: &str) -> Result<serde_json::Value, ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest(format!(
+                "Request body missing: expected {what}"
+            )));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
+    }
+
+    pub fn require(&self, method: Method) -> Result<(), ApiError> {
+        if self.method == method || (method == Method::PUT && self.method == Method::POST) {
+            Ok(())
+        } else {
+            Err(ApiError::MethodNotAllowed(self.method.clone()))
+        }
+    }
+
+    /// Rejects a `dc` other than ours, as Consul does for unknown datacenters.
+    pub fn check_dc(&self) -> Result<(), ApiError> {
+        if let Some(dc) = self.param("dc") {
+            if !dc.is_empty() && dc != self.shared.config.load().datacenter {
+                return Err(ApiError::Internal(format!("No path to datacenter {dc:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A blocking query: waits until `index_of(snapshot)` passes `?index=`, or `?wait=`
+    /// (default 5m, at most 10m, plus up to 1/16 jitter) runs out, or the agent stops.
+    pub async fn blocking(
+        &self,
+        index_of: impl Fn(&Snapshot) -> u64,
+    ) -> Result<(Arc<Snapshot>, u64), ApiError> {
+        let state = &self.shared.state;
+        let mut rx = state.subscribe();
+        let snap = state.snapshot();
+        let idx = index_of(&snap).max(1);
+        let Some(min) = self.param("index") else {
+            return Ok((snap, idx));
+        };
+        let min: u64 = min
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("Invalid index {min:?}: not a number")))?;
+        // An index from the future (e.g. an agent restart) is answered at once, so that a
+        // client never waits on an index that can only be reached by going backwards.
+        if idx > min || min > snap.index() {
+            return Ok((snap, idx));
+        }
+        let wait = match self.param("wait") {
+            None => DEFAULT_WAIT,
+            Some(w) => muster_proto::duration::parse(w)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
+        }
+        .min(MAX_WAIT);
+        let jitter_ms = (wait.as_millis() as u64 / 16).max(1);
+        let wait = wait + Duration::from_millis(rand::random::<u64>() % jitter_ms);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stop = self.shared.stop_rx();
+        loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() { break; }
+                    let snap = state.snapshot();
+                    let idx = index_of(&snap).max(1);
+                    if idx > min {
+                        return Ok((snap, idx));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.changed() => break,
+            }
+        }
+        let snap = state.snapshot();
+        let idx = index_of(&snap).max(1);
+        Ok((snap, idx))
+    }
+}
+
+pub struct Listener {
+    listener: TcpListener,
+}
+
+/// Binds the HTTP port on `client_addr` (before anything is announced as ready).
+pub async fn bind(shared: &Shared) -> anyhow::Result<Listener> {
+    let cfg = shared.config.load();
+    let addr = SocketAddr::new(cfg.client_addr, cfg.ports.http);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
+    Ok(Listener { listener })
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until the agent stops, then stops accepting and drains in-flight requests.
+    pub async fn serve(self, shared: Shared) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut stop = shared.stop_rx();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "HTTP accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(req, shared).await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = stop.changed() => {
+                    if *stop.borrow() != Stop::Running { break; }
+                }
+            }
+        }
+        drop(self.listener);
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open after {DRAIN_TIMEOUT:?}; closing");
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn parse_query(q: Option<&str>) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)
+            .ok_or_else(|| ApiError::BadRequest(format!("bad query parameter {k:?}")))?;
+        let v = percent_decode(v)
+            .ok_or_else(|| ApiError::BadRequest(format!("bad value for query parameter {k:?}")))?;
+        out.entry(k).or_default().push(v);
+    }
+    Ok(out)
+}
+
+fn token_of(req: &Request<Incoming>, query: &HashMap<String, Vec<String>>) -> Option<String> {
+    if let Some(t) = req
+        .headers()
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(t.to_string());
+    }
+    if let Some(t) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    query.get("token").and_then(|v| v.first()).cloned()
+}
+
+/// Compares two tokens in time independent of where they differ.
+fn token_matches(given: &str, want: &str) -> bool {
+    let (a, b) = (given.as_bytes(), want.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiError> {
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::TooLarge);
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::TooLarge)
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "could not read request body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
+    let result = prepare_and_route(req, shared.clone()).await;
+    let reply = match result {
+        Ok(r) => r,
+        Err(e) => Reply::text(e.status(), e.to_string()),
+    };
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    if let Some(index) = reply.index {
+        if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
+            h.insert("X-Consul-Index", v);
+        }
+        h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+        h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    }
+    resp
+}
+
+async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult {
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query())?;
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Err(ApiError::NotFound(format!("no such endpoint {path:?}")));
+    };
+    let segments = rest
+        .split('/')
+        .map(|s| {
+            percent_decode(s).ok_or_else(|| ApiError::BadRequest(format!("bad path segment {s:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let method = req.method().clone();
+    let is_write = matches!(method, Method::PUT | Method::POST | Method::DELETE);
+    if is_write {
+        if let Some(want) = &shared.config.load().http.token {
+            let ok = token_of(&req, &query).is_some_and(|t| token_matches(&t, want));
+            if !ok {
+                return Err(ApiError::Forbidden);
+            }
+        }
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = if is_write {
+        read_body(req.into_body(), declared).await?
+    } else {
+        Bytes::new()
+    };
+    let call = Call {
+        method,
+        segments,
+        query,
+        body,
+        shared,
+    };
+    route(call).await
+}
+
+async fn route(call: Call) -> ApiResult {
+    let segs: Vec<&str> = call.segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["agent", ..] => agent_api::route(&call).await,
+        ["catalog", ..] | ["health", ..] | ["status", ..] => catalog_api::route(&call).await,
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint /v1/{}",
+            call.segments.join("/")
+        ))),
+    }
+}

@@ -1,0 +1,257 @@
+//! Durable storage of what was registered over HTTP, in `data_dir`.
+//!
+//! One JSON file per service (with its checks and their last status) under
+//! `services/`, one per node-level check under `checks/`. File names are the SHA-256 of
+//! the id, so any id maps to a safe, fixed-length name. Every write goes to a temporary
+//! file that is fsynced, renamed over the old one, and the directory fsynced, so a crash at
+//! any moment leaves either the old or the new record, never a torn one. A record that
+//! cannot be read at start is moved into `quarantine/` and start-up goes on.
+
+use muster_proto::model::{Check, Service};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// A service as stored on disk, with the checks that belong to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredService {
+    pub format: u32,
+    pub service: Service,
+    pub checks: Vec<Check>,
+    /// Maintenance reason, when the service is in maintenance mode.
+    #[serde(default)]
+    pub maintenance: Option<String>,
+}
+
+impl StoredService {
+    pub fn new(service: Service, checks: Vec<Check>, maintenance: Option<String>) -> Self {
+        StoredService {
+            format: FORMAT_VERSION,
+            service,
+            checks,
+            maintenance,
+        }
+    }
+}
+
+/// A node-level check as stored on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredCheck {
+    pub format: u32,
+    pub check: Check,
+}
+
+/// What was found in `data_dir` at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub services: Vec<StoredService>,
+    pub checks: Vec<Check>,
+    /// Files that could not be read, with the reason; already moved aside.
+    pub quarantined: Vec<(PathBuf, String)>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    services: PathBuf,
+    checks: PathBuf,
+    quarantine: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> io::Result<Store> {
+        let store = Store {
+            services: data_dir.join("services"),
+            checks: data_dir.join("checks"),
+            quarantine: data_dir.join("quarantine"),
+        };
+        for dir in [&store.services, &store.checks, &store.quarantine] {
+            fs::create_dir_all(dir)?;
+        }
+        Ok(store)
+    }
+
+    fn file_name(id: &str) -> String {
+        let digest = Sha256::digest(id.as_bytes());
+        let mut name = String::with_capacity(69);
+        for b in digest.iter() {
+            name.push_str(&format!("{b:02x}"));
+        }
+        name.push_str(".json");
+        name
+    }
+
+    pub fn save_service(&self, stored: &StoredService) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(stored).map_err(io::Error::other)?;
+        write_atomic(&self.services, &Self::file_name(&stored.service.id), &bytes)
+    }
+
+    pub fn remove_service(&self, id: &str) -> io::Result<()> {
+        remove_durably(&self.services, &Self::file_name(id))
+    }
+
+    pub fn save_check(&self, check: &Check) -> io::Result<()> {
+        let stored = StoredCheck {
+            format: FORMAT_VERSION,
+            check: check.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
+        write_atomic(&self.checks, &Self::file_name(&check.id), &bytes)
+    }
+
+    pub fn remove_check(&self, id: &str) -> io::Result<()> {
+        remove_durably(&self.checks, &Self::file_name(id))
+    }
+
+    /// Reads every stored record. Unreadable ones are moved to `quarantine/` and reported;
+    /// leftover temporary files from an interrupted write are removed.
+    pub fn load(&self) -> io::Result<Loaded> {
+        let mut loaded = Loaded::default();
+        for path in self.list(&self.services)? {
+            match read_json::<StoredService>(&path) {
+                Ok(s) if s.format == FORMAT_VERSION => loaded.services.push(s),
+                Ok(s) => {
+                    self.quarantine(&path, format!("unknown format {}", s.format), &mut loaded)
+                }
+                Err(e) => self.quarantine(&path, e, &mut loaded),
+            }
+        }
+        for path in self.list(&self.checks)? {
+            match read_json::<StoredCheck>(&path) {
+                Ok(c) if c.format == FORMAT_VERSION => loaded.checks.push(c.check),
+                Ok(c) => {
+                    self.quarantine(&path, format!("unknown format {}", c.format), &mut loaded)
+                }
+                Err(e) => self.quarantine(&path, e, &mut loaded),
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name.starts_with(".tmp-") {
+                // An interrupted write: the rename never happened, so the old file (if
+                // any) is still the acknowledged state.
+                let _ = fs::remove_file(&path);
+            } else if name.ends_with(".json") {
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn quarantine(&self, path: &Path, reason: String, loaded: &mut Loaded) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let dest = self.quarantine.join(name);
+        if let Err(e) = fs::rename(path, &dest) {
+            tracing::error!(file = %path.display(), error = %e, "could not move unreadable record aside");
+        }
+        loaded.quarantined.push((path.to_path_buf(), reason));
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Writes `bytes` as `dir/name` so that a crash leaves the old or the new content whole.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
+    match fs::remove_file(dir.join(name)) {
+        Ok(()) => File::open(dir)?.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::model::Weights;
+    use std::collections::BTreeMap;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("muster-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn svc(id: &str) -> Service {
+        Service {
+            id: id.into(),
+            name: "web".into(),
+            tags: vec![],
+            address: String::new(),
+            port: 80,
+            meta: BTreeMap::new(),
+            weights: Weights::default(),
+            enable_tag_override: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_remove() {
+        let d = tmpdir("rt");
+        let store = Store::open(&d).unwrap();
+        store
+            .save_service(&StoredService::new(svc("a/../b"), vec![], None))
+            .unwrap();
+        store
+            .save_service(&StoredService::new(svc("x"), vec![], Some("m".into())))
+            .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.services.len(), 2);
+        store.remove_service("x").unwrap();
+        store.remove_service("never").unwrap();
+        assert_eq!(store.load().unwrap().services.len(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_record_is_moved_aside() {
+        let d = tmpdir("corrupt");
+        let store = Store::open(&d).unwrap();
+        store
+            .save_service(&StoredService::new(svc("good"), vec![], None))
+            .unwrap();
+        fs::write(d.join("services/bad.json"), b"{not json").unwrap();
+        fs::write(d.join("services/.tmp-half.json"), b"{\"half").unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.services.len(), 1);
+        assert_eq!(loaded.quarantined.len(), 1);
+        assert!(d.join("quarantine/bad.json").exists());
+        assert!(!d.join("services/.tmp-half.json").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
