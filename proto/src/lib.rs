@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod consul;
+pub mod dns;
 pub mod duration;
 pub mod model;
 pub mod validate;
