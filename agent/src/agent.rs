@@ -126,12 +126,15 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     };
 
     let http = crate::http::bind(&shared).await?;
+    let dns = crate::dns::bind(&shared).await?;
     tracing::info!(
         node = %config.node_name,
         http = %http.local_addr(),
+        dns = %dns.local_addr(),
         "muster agent running"
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
+    let dns_task = tokio::spawn(dns.serve(shared.clone()));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -162,6 +165,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     shared.stop_tx.send_replace(Stop::Leave);
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
+    let _ = dns_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod config;
+mod dns;
 mod http;
 mod metrics;
 mod state;

@@ -1,0 +1,485 @@
+//! The DNS listener on `client_addr:dns_port` (SPEC §5): UDP and TCP around the pure answer
+//! logic in `muster_proto::dns`.
+//!
+//! UDP is the hot path, so it avoids the usual per-query costs: one `SO_REUSEPORT` socket per
+//! core, each served by its own thread in a plain blocking loop (no task spawned, nothing
+//! logged per query), and a per-thread answer cache keyed by (name, type) that is dropped
+//! whenever the catalog snapshot or the config changes. TCP connections are tokio tasks
+//! (several queries per connection, idle timeout, capped count). Names outside the domain
+//! go to the configured recursors, on the tokio runtime so a slow upstream never stalls a
+//! UDP thread.
+
+use crate::agent::{Shared, Stop};
+use crate::config::{Config, DnsConfig};
+use crate::metrics::METRICS;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use muster_proto::dns::{self, Action, DnsSettings, Lookup, Transport};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Largest query we read over UDP; anything longer arrives cut and is answered FORMERR.
+const UDP_RECV_BUF: usize = 4096;
+/// How often a blocked UDP thread wakes to see whether the agent is stopping.
+const UDP_STOP_POLL: Duration = Duration::from_millis(200);
+/// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TCP connections served at once; more are closed on accept.
+const TCP_MAX_CONNECTIONS: usize = 256;
+/// Most queries being forwarded at once; more get SERVFAIL straight away.
+const MAX_FORWARDS_IN_FLIGHT: usize = 512;
+/// Cached lookups per thread; the cache is cleared when full (random names cannot grow it).
+const CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// The bound sockets, before serving.
+pub struct Listener {
+    udp: Vec<UdpSocket>,
+    tcp: TcpListener,
+    addr: SocketAddr,
+}
+
+/// Binds UDP (one `SO_REUSEPORT` socket per core) and TCP on `client_addr:dns_port`.
+pub async fn bind(shared: &Shared) -> anyhow::Result<Listener> {
+    let cfg = shared.config.load();
+    let wanted = SocketAddr::new(cfg.client_addr, cfg.ports.dns);
+    // A plain bind first: it fails if anything holds the port, including another process's
+    // SO_REUSEPORT group that we would otherwise silently share the traffic with. It also
+    // turns port 0 into a real port for the other sockets.
+    let probe = UdpSocket::bind(wanted)
+        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {wanted} (udp): {e}"))?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let mut udp = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        udp.push(
+            reuseport_udp(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr} (udp): {e}"))?,
+        );
+    }
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr} (tcp): {e}"))?;
+    Ok(Listener { udp, tcp, addr })
+}
+
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    // Bursts (a restart of many clients, a benchmark) should queue, not drop; the kernel
+    // caps this at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(UDP_STOP_POLL))?;
+    Ok(s)
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the agent stops: UDP threads and the TCP accept loop.
+    pub async fn serve(self, shared: Shared) {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let forwards = Arc::new(Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
+        let runtime = tokio::runtime::Handle::current();
+        let mut threads = Vec::new();
+        for (i, sock) in self.udp.into_iter().enumerate() {
+            let worker = UdpWorker {
+                answerer: Answerer::new(shared.clone()),
+                stopping: stopping.clone(),
+                forwards: forwards.clone(),
+                runtime: runtime.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || worker.run(sock));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::error!(error = %e, "cannot start a DNS UDP thread"),
+            }
+        }
+        serve_tcp(self.tcp, shared.clone(), forwards).await;
+        stopping.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Per-thread (or per-connection) answering state: the settings derived from the config,
+/// the cache, and a fast RNG for shuffling.
+struct Answerer {
+    shared: Shared,
+    rng: SmallRng,
+    config: Option<Arc<Config>>,
+    settings: DnsSettings,
+    recursors: Vec<SocketAddr>,
+    recursor_timeout: Duration,
+    /// Catalog index the cache was filled at.
+    index: u64,
+    cache: HashMap<(Name, RecordType), Lookup>,
+}
+
+impl Answerer {
+    fn new(shared: Shared) -> Self {
+        Answerer {
+            shared,
+            rng: SmallRng::from_rng(&mut rand::rng()),
+            config: None,
+            settings: fallback_settings(),
+            recursors: Vec::new(),
+            recursor_timeout: Duration::from_secs(2),
+            index: 0,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Picks up a new config (reload) by pointer identity; cheap when unchanged.
+    fn refresh_config(&mut self) {
+        let current = self.shared.config.load();
+        if self
+            .config
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &current))
+        {
+            return;
+        }
+        let cfg: Arc<Config> = Arc::clone(&current);
+        self.settings = settings_from(&cfg.domain, &cfg.dns).unwrap_or_else(|e| {
+            tracing::error!(domain = %cfg.domain, error = %e, "invalid DNS domain; answering for \"local\"");
+            fallback_settings()
+        });
+        self.recursors = cfg.dns.recursors.clone();
+        self.recursor_timeout = cfg.dns.recursor_timeout;
+        self.config = Some(cfg);
+        self.cache.clear();
+    }
+
+    /// Answers one packet. `Forward` comes back with the parsed query for the recursors.
+    fn handle(&mut self, bytes: &[u8], transport: Transport) -> (Action, Option<Message>) {
+        let query = match dns::parse(bytes) {
+            Ok(q) => q,
+            Err(action) => return (action, None),
+        };
+        self.refresh_config();
+        let question = match dns::precheck(&query, &self.settings) {
+            Ok(q) => q,
+            Err(action) => return (action, None),
+        };
+        let snapshot = self.shared.state.snapshot();
+        if snapshot.index() != self.index || self.cache.len() >= CACHE_MAX_ENTRIES {
+            self.cache.clear();
+            self.index = snapshot.index();
+        }
+        let key = (question.name().clone(), question.query_type());
+        let lookup = self.cache.entry(key).or_insert_with(|| {
+            dns::resolve(
+                question.name(),
+                question.query_type(),
+                &self.settings,
+                &snapshot,
+            )
+        });
+        let action = dns::respond(&query, lookup, &self.settings, transport, &mut self.rng);
+        match action {
+            Action::Forward => (Action::Forward, Some(query)),
+            other => (other, None),
+        }
+    }
+
+    fn forward_plan(&self) -> (Vec<SocketAddr>, Duration, DnsSettings) {
+        (
+            self.recursors.clone(),
+            self.recursor_timeout,
+            self.settings.clone(),
+        )
+    }
+}
+
+fn settings_from(domain: &str, dns: &DnsConfig) -> Result<DnsSettings, hickory_proto::ProtoError> {
+    DnsSettings::new(
+        domain,
+        secs(dns.ttl),
+        secs(dns.negative_ttl),
+        dns.only_passing,
+        dns.udp_answer_limit,
+        !dns.recursors.is_empty(),
+    )
+}
+
+fn fallback_settings() -> DnsSettings {
+    settings_from("local", &DnsConfig::default()).unwrap_or_else(|_| {
+        // "local" is a valid name; this arm exists only because the constructor is fallible.
+        DnsSettings {
+            domain: Name::root(),
+            ttl: 0,
+            negative_ttl: 0,
+            only_passing: false,
+            udp_answer_limit: 3,
+            recursion_available: false,
+        }
+    })
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// The metrics label of an rcode.
+fn rcode_label(rcode: ResponseCode) -> &'static str {
+    match rcode {
+        ResponseCode::NoError => "noerror",
+        ResponseCode::FormErr => "formerr",
+        ResponseCode::NXDomain => "nxdomain",
+        ResponseCode::NotImp => "notimp",
+        ResponseCode::Refused => "refused",
+        // BADVERS and anything else we might relay from a recursor
+        _ => "servfail",
+    }
+}
+
+/// The rcode in a DNS header (low 4 bits), for counting relayed answers.
+fn header_rcode(bytes: &[u8]) -> ResponseCode {
+    ResponseCode::from(0, bytes.get(3).map_or(2, |b| b & 0x0f))
+}
+
+struct UdpWorker {
+    answerer: Answerer,
+    stopping: Arc<AtomicBool>,
+    forwards: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl UdpWorker {
+    fn run(mut self, sock: UdpSocket) {
+        let sock = Arc::new(sock);
+        let mut buf = vec![0u8; UDP_RECV_BUF];
+        while !self.stopping.load(Ordering::Relaxed) {
+            let (len, peer) = match sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                // ICMP errors from earlier sends and the like: nothing to do but go on.
+                Err(_) => continue,
+            };
+            let started = Instant::now();
+            match self.answerer.handle(&buf[..len], Transport::Udp) {
+                (Action::Reply { bytes, rcode }, _) => {
+                    let _ = sock.send_to(&bytes, peer);
+                    METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                }
+                (Action::Forward, Some(query)) => {
+                    let (recursors, timeout, settings) = self.answerer.forward_plan();
+                    let packet = buf[..len].to_vec();
+                    let sock = sock.clone();
+                    match self.forwards.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            self.runtime.spawn(async move {
+                                let (bytes, rcode) = forward(
+                                    &packet,
+                                    &query,
+                                    &recursors,
+                                    timeout,
+                                    &settings,
+                                    Transport::Udp,
+                                )
+                                .await;
+                                let _ = sock.send_to(&bytes, peer);
+                                METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            if let Action::Reply { bytes, rcode } =
+                                dns::error_reply(&query, ResponseCode::ServFail, &settings)
+                            {
+                                let _ = sock.send_to(&bytes, peer);
+                                METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Asks each recursor in turn, each within `timeout`; relays the first real answer, or
+/// SERVFAIL when all fail. The query goes out as received (same id), over the transport the
+/// client used.
+async fn forward(
+    packet: &[u8],
+    query: &Message,
+    recursors: &[SocketAddr],
+    timeout: Duration,
+    settings: &DnsSettings,
+    transport: Transport,
+) -> (Vec<u8>, ResponseCode) {
+    for upstream in recursors {
+        let attempt = match transport {
+            Transport::Udp => tokio::time::timeout(timeout, forward_udp(packet, *upstream)).await,
+            Transport::Tcp => tokio::time::timeout(timeout, forward_tcp(packet, *upstream)).await,
+        };
+        if let Ok(Ok(reply)) = attempt {
+            let rcode = header_rcode(&reply);
+            return (reply, rcode);
+        }
+    }
+    match dns::error_reply(query, ResponseCode::ServFail, settings) {
+        Action::Reply { bytes, rcode } => (bytes, rcode),
+        _ => (Vec::new(), ResponseCode::ServFail),
+    }
+}
+
+/// Whether `reply` answers `packet`: same id, QR set.
+fn is_reply_to(packet: &[u8], reply: &[u8]) -> bool {
+    reply.len() >= 12 && packet.len() >= 2 && reply[..2] == packet[..2] && reply[2] & 0x80 != 0
+}
+
+async fn forward_udp(packet: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = tokio::net::UdpSocket::bind(local).await?;
+    // connect() makes the kernel drop datagrams from anyone but the upstream.
+    sock.connect(upstream).await?;
+    sock.send(packet).await?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let n = sock.recv(&mut buf).await?;
+        if is_reply_to(packet, &buf[..n]) {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn forward_tcp(packet: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(upstream).await?;
+    let len = u16::try_from(packet.len()).map_err(std::io::Error::other)?;
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(packet);
+    s.write_all(&framed).await?;
+    let n = s.read_u16().await? as usize;
+    let mut reply = vec![0u8; n];
+    s.read_exact(&mut reply).await?;
+    if is_reply_to(packet, &reply) {
+        Ok(reply)
+    } else {
+        Err(std::io::Error::other(
+            "upstream reply does not match the query",
+        ))
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Shared, forwards: Arc<Semaphore>) {
+    let connections = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+    let mut stop = shared.stop_rx();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DNS TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Over the cap: close at once rather than queue (the client retries).
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
+                let shared = shared.clone();
+                let forwards = forwards.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, shared, forwards).await;
+                    drop(permit);
+                });
+            }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() != Stop::Running { break; }
+            }
+        }
+    }
+}
+
+/// One TCP connection: length-prefixed queries answered in order until the client closes,
+/// goes idle, sends garbage framing, or the agent stops.
+async fn serve_connection(mut stream: TcpStream, shared: Shared, forwards: Arc<Semaphore>) {
+    let _ = stream.set_nodelay(true);
+    let mut stop = shared.stop_rx();
+    let mut answerer = Answerer::new(shared);
+    let mut buf = Vec::new();
+    loop {
+        let read = async {
+            let len = stream.read_u16().await? as usize;
+            buf.resize(len, 0);
+            stream.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::select! {
+            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, read) => {
+                if !matches!(r, Ok(Ok(()))) { return; }
+            }
+            _ = stop.changed() => return,
+        }
+        let started = Instant::now();
+        let (reply, rcode) = match answerer.handle(&buf, Transport::Tcp) {
+            (Action::Reply { bytes, rcode }, _) => (bytes, rcode),
+            (Action::Forward, Some(query)) => {
+                let (recursors, timeout, settings) = answerer.forward_plan();
+                match forwards.clone().try_acquire_owned() {
+                    Ok(_permit) => {
+                        forward(&buf, &query, &recursors, timeout, &settings, Transport::Tcp).await
+                    }
+                    Err(_) => match dns::error_reply(&query, ResponseCode::ServFail, &settings) {
+                        Action::Reply { bytes, rcode } => (bytes, rcode),
+                        _ => return,
+                    },
+                }
+            }
+            // A response or a runt sent to us over a stream: the peer is not a DNS client.
+            _ => return,
+        };
+        let Ok(len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+        METRICS.dns_query(rcode_label(rcode), started.elapsed());
+    }
+}
