@@ -483,3 +483,125 @@ async fn serve_connection(mut stream: TcpStream, shared: Shared, forwards: Arc<S
         METRICS.dns_query(rcode_label(rcode), started.elapsed());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Recursor forwarding against fake upstreams on real loopback sockets (the e2e tests
+    //! cover the rest through the binary).
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode, Query};
+
+    fn query_packet(id: u16) -> (Vec<u8>, Message) {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        (m.to_vec().unwrap(), m)
+    }
+
+    fn settings() -> DnsSettings {
+        DnsSettings::new("local", 0, 0, false, 3, true).unwrap()
+    }
+
+    /// An upstream that answers every UDP query with NXDOMAIN, after first sending a
+    /// stray datagram with the wrong id (which must be ignored).
+    async fn udp_upstream() -> SocketAddr {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            loop {
+                let Ok((n, peer)) = s.recv_from(&mut buf).await else {
+                    return;
+                };
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80;
+                reply[3] = (reply[3] & 0xf0) | 3;
+                let mut stray = reply.clone();
+                stray[0] ^= 0xff;
+                let _ = s.send_to(&stray, peer).await;
+                let _ = s.send_to(&reply, peer).await;
+            }
+        });
+        addr
+    }
+
+    /// A UDP socket that never answers.
+    async fn silent_upstream() -> (tokio::net::UdpSocket, SocketAddr) {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
+    }
+
+    #[tokio::test]
+    async fn relays_the_first_working_recursor() {
+        let (_silent, dead) = silent_upstream().await;
+        let good = udp_upstream().await;
+        let (packet, query) = query_packet(0x4242);
+        let (reply, rcode) = forward(
+            &packet,
+            &query,
+            &[dead, good],
+            Duration::from_millis(300),
+            &settings(),
+            Transport::Udp,
+        )
+        .await;
+        assert_eq!(rcode, ResponseCode::NXDomain);
+        assert_eq!(&reply[..2], &[0x42, 0x42]);
+        assert_eq!(Message::from_vec(&reply).unwrap().queries, query.queries);
+    }
+
+    #[tokio::test]
+    async fn servfail_when_every_recursor_fails() {
+        let (_silent, dead) = silent_upstream().await;
+        // nothing listens on a port we just released: connection refused
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let (packet, query) = query_packet(7);
+        let (reply, rcode) = forward(
+            &packet,
+            &query,
+            &[dead, closed],
+            Duration::from_millis(200),
+            &settings(),
+            Transport::Udp,
+        )
+        .await;
+        assert_eq!(rcode, ResponseCode::ServFail);
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.id, 7);
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert!(m.metadata.recursion_available);
+    }
+
+    #[tokio::test]
+    async fn forwards_over_tcp_for_tcp_clients() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let n = s.read_u16().await.unwrap() as usize;
+            let mut q = vec![0u8; n];
+            s.read_exact(&mut q).await.unwrap();
+            q[2] |= 0x80;
+            s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&q).await.unwrap();
+        });
+        let (packet, query) = query_packet(99);
+        let (reply, rcode) = forward(
+            &packet,
+            &query,
+            &[addr],
+            Duration::from_secs(2),
+            &settings(),
+            Transport::Tcp,
+        )
+        .await;
+        assert_eq!(rcode, ResponseCode::NoError);
+        assert_eq!(Message::from_vec(&reply).unwrap().metadata.id, 99);
+    }
+}
