@@ -15,11 +15,16 @@ use crate::metrics::METRICS;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use muster_proto::dns::{self, Action, DnsSettings, Lookup, Transport};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,13 +138,17 @@ struct Answerer {
     settings: DnsSettings,
     recursors: Vec<SocketAddr>,
     recursor_timeout: Duration,
-    /// Catalog index the cache was filled at.
-    index: u64,
+    /// Tells when the catalog changed, so the snapshot is re-read only then.
+    changes: tokio::sync::watch::Receiver<u64>,
+    snapshot: Arc<muster_proto::Snapshot>,
     cache: HashMap<(Name, RecordType), Lookup>,
 }
 
 impl Answerer {
     fn new(shared: Shared) -> Self {
+        let mut changes = shared.state.subscribe();
+        changes.mark_unchanged();
+        let snapshot = shared.state.snapshot();
         Answerer {
             shared,
             rng: SmallRng::from_rng(&mut rand::rng()),
@@ -147,7 +156,8 @@ impl Answerer {
             settings: fallback_settings(),
             recursors: Vec::new(),
             recursor_timeout: Duration::from_secs(2),
-            index: 0,
+            changes,
+            snapshot,
             cache: HashMap::new(),
         }
     }
@@ -184,18 +194,24 @@ impl Answerer {
             Ok(q) => q,
             Err(action) => return (action, None),
         };
-        let snapshot = self.shared.state.snapshot();
-        if snapshot.index() != self.index || self.cache.len() >= CACHE_MAX_ENTRIES {
+        // The writer stores the snapshot before it announces the index, so marking the
+        // change seen first and reading after can never leave us on an older snapshot.
+        if self.changes.has_changed().unwrap_or(false) {
+            self.changes.mark_unchanged();
+            self.snapshot = self.shared.state.snapshot();
             self.cache.clear();
-            self.index = snapshot.index();
         }
+        if self.cache.len() >= CACHE_MAX_ENTRIES {
+            self.cache.clear();
+        }
+        let snapshot = &self.snapshot;
         let key = (question.name().clone(), question.query_type());
         let lookup = self.cache.entry(key).or_insert_with(|| {
             dns::resolve(
                 question.name(),
                 question.query_type(),
                 &self.settings,
-                &snapshot,
+                snapshot,
             )
         });
         let action = dns::respond(&query, lookup, &self.settings, transport, &mut self.rng);
@@ -268,65 +284,148 @@ struct UdpWorker {
     runtime: tokio::runtime::Handle,
 }
 
+/// Datagrams moved per recvmmsg/sendmmsg call.
+const UDP_BATCH: usize = 32;
+
 impl UdpWorker {
+    /// Receives up to a batch of queries in one system call, answers them, and sends the
+    /// replies in one system call: under load this divides the per-packet kernel cost (and
+    /// the wake-ups of the clients) by the batch size; when idle it blocks on the first.
     fn run(mut self, sock: UdpSocket) {
         let sock = Arc::new(sock);
-        let mut buf = vec![0u8; UDP_RECV_BUF];
+        let fd = sock.as_raw_fd();
+        let mut bufs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| vec![0u8; UDP_RECV_BUF]).collect();
+        let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut received: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
+        let mut replies: Vec<Vec<u8>> = Vec::with_capacity(UDP_BATCH);
+        let mut peers: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
         while !self.stopping.load(Ordering::Relaxed) {
-            let (len, peer) = match sock.recv_from(&mut buf) {
-                Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
-                // ICMP errors from earlier sends and the like: nothing to do but go on.
-                Err(_) => continue,
-            };
-            let started = Instant::now();
-            match self.answerer.handle(&buf[..len], Transport::Udp) {
-                (Action::Reply { bytes, rcode }, _) => {
-                    let _ = sock.send_to(&bytes, peer);
-                    METRICS.dns_query(rcode_label(rcode), started.elapsed());
-                }
-                (Action::Forward, Some(query)) => {
-                    let (recursors, timeout, settings) = self.answerer.forward_plan();
-                    let packet = buf[..len].to_vec();
-                    let sock = sock.clone();
-                    match self.forwards.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            self.runtime.spawn(async move {
-                                let (bytes, rcode) = forward(
-                                    &packet,
-                                    &query,
-                                    &recursors,
-                                    timeout,
-                                    &settings,
-                                    Transport::Udp,
-                                )
-                                .await;
-                                let _ = sock.send_to(&bytes, peer);
-                                METRICS.dns_query(rcode_label(rcode), started.elapsed());
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            if let Action::Reply { bytes, rcode } =
-                                dns::error_reply(&query, ResponseCode::ServFail, &settings)
-                            {
-                                let _ = sock.send_to(&bytes, peer);
-                                METRICS.dns_query(rcode_label(rcode), started.elapsed());
+            received.clear();
+            {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                    .iter_mut()
+                    .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+                    .collect();
+                match recvmmsg(
+                    fd,
+                    &mut recv_headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_WAITFORONE,
+                    None,
+                ) {
+                    Ok(results) => {
+                        for m in results {
+                            if let Some(addr) = m.address {
+                                received.push((m.bytes, addr));
                             }
                         }
                     }
+                    // Timeout (the stop poll), EINTR, or ICMP errors from earlier sends.
+                    Err(_) => continue,
                 }
-                _ => {}
+            }
+            let started = Instant::now();
+            replies.clear();
+            peers.clear();
+            for (i, (len, addr)) in received.iter().enumerate() {
+                let packet = &bufs[i][..(*len).min(UDP_RECV_BUF)];
+                match self.answerer.handle(packet, Transport::Udp) {
+                    (Action::Reply { bytes, rcode }, _) => {
+                        replies.push(bytes);
+                        peers.push(Some(*addr));
+                        METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                    }
+                    (Action::Forward, Some(query)) => {
+                        if let Some(peer) = socket_addr(addr) {
+                            self.forward(&sock, packet, query, peer, started);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            send_batch(fd, &mut send_headers, &replies, &peers);
+        }
+    }
+
+    /// Hands a query for a name outside the domain to the runtime (a slow upstream must
+    /// not stall this thread); SERVFAIL at once when too many are in flight.
+    fn forward(
+        &self,
+        sock: &Arc<UdpSocket>,
+        packet: &[u8],
+        query: Message,
+        peer: SocketAddr,
+        started: Instant,
+    ) {
+        let (recursors, timeout, settings) = self.answerer.forward_plan();
+        match self.forwards.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let packet = packet.to_vec();
+                let sock = sock.clone();
+                self.runtime.spawn(async move {
+                    let (bytes, rcode) = forward(
+                        &packet,
+                        &query,
+                        &recursors,
+                        timeout,
+                        &settings,
+                        Transport::Udp,
+                    )
+                    .await;
+                    let _ = sock.send_to(&bytes, peer);
+                    METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                if let Action::Reply { bytes, rcode } =
+                    dns::error_reply(&query, ResponseCode::ServFail, &settings)
+                {
+                    let _ = sock.send_to(&bytes, peer);
+                    METRICS.dns_query(rcode_label(rcode), started.elapsed());
+                }
             }
         }
     }
+}
+
+/// Sends replies with sendmmsg, continuing after a partial send; a datagram the kernel
+/// refuses (e.g. the peer's address family) is skipped, as a lost UDP reply would be.
+fn send_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[Vec<u8>],
+    peers: &[Option<SockaddrStorage>],
+) {
+    let mut done = 0;
+    while done < replies.len() {
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            replies[done..].iter().map(|r| [IoSlice::new(r)]).collect();
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(
+            fd,
+            headers,
+            slices.iter(),
+            &peers[done..],
+            no_cmsgs,
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => {
+                let sent = results.count();
+                done += sent.max(1);
+            }
+            Err(_) => done += 1,
+        }
+    }
+}
+
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// Asks each recursor in turn, each within `timeout`; relays the first real answer, or
