@@ -13,8 +13,8 @@ use crate::agent::{Shared, Stop};
 use crate::config::{Config, DnsConfig};
 use crate::metrics::METRICS;
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
-use muster_proto::dns::{self, Action, DnsSettings, Lookup, Transport};
+use hickory_proto::rr::Name;
+use muster_proto::dns::{self, fast, Action, DnsSettings, Lookup, Transport};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -141,7 +141,11 @@ struct Answerer {
     /// Tells when the catalog changed, so the snapshot is re-read only then.
     changes: tokio::sync::watch::Receiver<u64>,
     snapshot: Arc<muster_proto::Snapshot>,
-    cache: HashMap<(Name, RecordType), Lookup>,
+    /// Encoded answers of simple queries by (lowercase wire name, type); `None` marks names
+    /// the general path answers (outside the domain).
+    cache: HashMap<Vec<u8>, Option<fast::Prepared>>,
+    key: Vec<u8>,
+    scratch: fast::Scratch,
 }
 
 impl Answerer {
@@ -159,6 +163,8 @@ impl Answerer {
             changes,
             snapshot,
             cache: HashMap::new(),
+            key: Vec::with_capacity(260),
+            scratch: fast::Scratch::default(),
         }
     }
 
@@ -185,15 +191,7 @@ impl Answerer {
 
     /// Answers one packet. `Forward` comes back with the parsed query for the recursors.
     fn handle(&mut self, bytes: &[u8], transport: Transport) -> (Action, Option<Message>) {
-        let query = match dns::parse(bytes) {
-            Ok(q) => q,
-            Err(action) => return (action, None),
-        };
         self.refresh_config();
-        let question = match dns::precheck(&query, &self.settings) {
-            Ok(q) => q,
-            Err(action) => return (action, None),
-        };
         // The writer stores the snapshot before it announces the index, so marking the
         // change seen first and reading after can never leave us on an older snapshot.
         if self.changes.has_changed().unwrap_or(false) {
@@ -201,23 +199,69 @@ impl Answerer {
             self.snapshot = self.shared.state.snapshot();
             self.cache.clear();
         }
-        if self.cache.len() >= CACHE_MAX_ENTRIES {
-            self.cache.clear();
+        if let Some(q) = fast::parse_simple(bytes) {
+            q.write_key(&mut self.key);
+            if let Some(prepared) = self.cache.get(self.key.as_slice()) {
+                if let Some(p) = prepared {
+                    let reply = fast_reply(
+                        &q,
+                        p,
+                        &self.settings,
+                        transport,
+                        &mut self.rng,
+                        &mut self.scratch,
+                    );
+                    return (reply, None);
+                }
+            } else {
+                let prepared = self.prepare(&q);
+                if self.cache.len() >= CACHE_MAX_ENTRIES {
+                    self.cache.clear();
+                }
+                let reply = prepared.as_ref().map(|p| {
+                    fast_reply(
+                        &q,
+                        p,
+                        &self.settings,
+                        transport,
+                        &mut self.rng,
+                        &mut self.scratch,
+                    )
+                });
+                self.cache.insert(self.key.clone(), prepared);
+                if let Some(reply) = reply {
+                    return (reply, None);
+                }
+            }
         }
-        let snapshot = &self.snapshot;
-        let key = (question.name().clone(), question.query_type());
-        let lookup = self.cache.entry(key).or_insert_with(|| {
-            dns::resolve(
-                question.name(),
-                question.query_type(),
-                &self.settings,
-                snapshot,
-            )
-        });
-        let action = dns::respond(&query, lookup, &self.settings, transport, &mut self.rng);
-        match action {
+        // Everything the fast path declines: the general path, uncached.
+        let query = match dns::parse(bytes) {
+            Ok(q) => q,
+            Err(action) => return (action, None),
+        };
+        let question = match dns::precheck(&query, &self.settings) {
+            Ok(q) => q,
+            Err(action) => return (action, None),
+        };
+        let lookup = dns::resolve(
+            question.name(),
+            question.query_type(),
+            &self.settings,
+            &self.snapshot,
+        );
+        match dns::respond(&query, &lookup, &self.settings, transport, &mut self.rng) {
             Action::Forward => (Action::Forward, Some(query)),
             other => (other, None),
+        }
+    }
+
+    /// Resolves and encodes a simple query's answer for the cache; `None` when the general
+    /// path must decide (a name outside the domain).
+    fn prepare(&self, q: &fast::SimpleQuery<'_>) -> Option<fast::Prepared> {
+        let name = q.decode_name().ok()?;
+        match dns::resolve(&name, q.record_type(), &self.settings, &self.snapshot) {
+            Lookup::Local(res) => fast::Prepared::new(&res).ok(),
+            Lookup::Outside => None,
         }
     }
 
@@ -227,6 +271,24 @@ impl Answerer {
             self.recursor_timeout,
             self.settings.clone(),
         )
+    }
+}
+
+/// Assembles a cached answer for a simple query (a free function so the cache entry and the
+/// answerer's RNG can be borrowed at once).
+fn fast_reply(
+    q: &fast::SimpleQuery<'_>,
+    p: &fast::Prepared,
+    settings: &DnsSettings,
+    transport: Transport,
+    rng: &mut SmallRng,
+    scratch: &mut fast::Scratch,
+) -> Action {
+    let mut out = Vec::with_capacity(512);
+    fast::write_reply(q, p, settings, transport, rng, scratch, &mut out);
+    Action::Reply {
+        bytes: out,
+        rcode: p.rcode(),
     }
 }
 
@@ -589,6 +651,7 @@ mod tests {
     //! cover the rest through the binary).
     use super::*;
     use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::RecordType;
 
     fn query_packet(id: u16) -> (Vec<u8>, Message) {
         let mut m = Message::new(id, MessageType::Query, OpCode::Query);

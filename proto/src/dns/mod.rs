@@ -23,6 +23,8 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub mod fast;
+
 /// Largest UDP answer without EDNS (RFC 1035).
 pub const PLAIN_UDP_MAX: u16 = 512;
 /// Largest UDP answer with EDNS: the DNS Flag Day 2020 size that avoids IP fragmentation.

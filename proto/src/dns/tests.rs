@@ -671,6 +671,9 @@ fn random_and_mutated_packets_never_panic() {
     let seeds = seed_packets();
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut replies = 0usize;
+    let mut fast = 0usize;
+    let mut scratch = super::fast::Scratch::default();
+    let mut out = Vec::new();
     for i in 0..120_000usize {
         let pkt: Vec<u8> = if i % 4 == 0 {
             let len = (rng.next_u32() % 600) as usize;
@@ -718,6 +721,26 @@ fn random_and_mutated_packets_never_panic() {
         } else {
             Transport::Udp
         };
+        // the fast path too, whenever it takes the packet
+        if let Some(q) = super::fast::parse_simple(&pkt) {
+            if let Ok(name) = q.decode_name() {
+                if let Lookup::Local(res) = resolve(&name, q.record_type(), s, &snap) {
+                    let prepared = super::fast::Prepared::new(&res).expect("prepares");
+                    super::fast::write_reply(
+                        &q,
+                        &prepared,
+                        s,
+                        transport,
+                        &mut rng,
+                        &mut scratch,
+                        &mut out,
+                    );
+                    let m = Message::from_vec(&out).expect("fast replies decode");
+                    assert_eq!(m.metadata.id, q.id);
+                    fast += 1;
+                }
+            }
+        }
         if let Action::Reply { bytes, .. } = handle_packet(&pkt, s, &snap, transport, &mut rng) {
             replies += 1;
             let m = Message::from_vec(&bytes).expect("our replies decode");
@@ -732,4 +755,189 @@ fn random_and_mutated_packets_never_panic() {
         }
     }
     assert!(replies > 10_000, "only {replies} replies");
+    assert!(fast > 1_000, "only {fast} packets took the fast path");
+}
+
+/// The fast path answers exactly like the general path for the simple query shape (same
+/// seed, so the same shuffle), and declines everything else.
+#[test]
+fn fast_path_matches_general_path() {
+    use super::fast::{parse_simple, write_reply, Prepared, Scratch};
+    let mut c = catalog();
+    for n in many(5).nodes() {
+        c.apply_record(n.record.clone(), MemberStatus::Alive, None, 0)
+            .unwrap();
+    }
+    let snap = c.snapshot();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    let mut compared = 0;
+    for s in [
+        settings(),
+        DnsSettings::new("local", 0, 9, true, 2, true).unwrap(),
+    ] {
+        for pkt in seed_packets() {
+            for transport in [Transport::Udp, Transport::Tcp] {
+                let Some(q) = parse_simple(&pkt) else {
+                    panic!("seed query not recognised as simple");
+                };
+                let name = q.decode_name().unwrap();
+                let Lookup::Local(res) = resolve(&name, q.record_type(), &s, &snap) else {
+                    // outside the domain: the general path decides
+                    continue;
+                };
+                let prepared = Prepared::new(&res).unwrap();
+                write_reply(
+                    &q,
+                    &prepared,
+                    &s,
+                    transport,
+                    &mut StdRng::seed_from_u64(3),
+                    &mut scratch,
+                    &mut out,
+                );
+                let Action::Reply { bytes, .. } =
+                    handle_packet(&pkt, &s, &snap, transport, &mut StdRng::seed_from_u64(3))
+                else {
+                    panic!("general path did not reply");
+                };
+                let fast = Message::from_vec(&out).expect("fast reply decodes");
+                let general = Message::from_vec(&bytes).unwrap();
+                assert_eq!(fast, general, "{}", q.decode_name().unwrap());
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 100, "{compared}");
+
+    // shapes the fast path leaves to the general path
+    let mut two = query("web.service.local.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_ascii("a.local.").unwrap(),
+        RecordType::A,
+    ));
+    let mut notify = query("web.service.local.", RecordType::A);
+    notify.metadata.op_code = OpCode::Notify;
+    let mut chaos = query("web.service.local.", RecordType::A);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    let mut v1 = query("web.service.local.", RecordType::A);
+    let mut e = Edns::new();
+    e.set_version(1);
+    v1.set_edns(e);
+    let mut response = query("web.service.local.", RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    for m in [two, notify, chaos, v1, response] {
+        assert!(parse_simple(&m.to_vec().unwrap()).is_none(), "{m:?}");
+    }
+    let mut trailing = query("web.service.local.", RecordType::A).to_vec().unwrap();
+    trailing.push(0);
+    assert!(parse_simple(&trailing).is_none());
+}
+
+/// Size rules on the fast path: the same limits as the general path.
+#[test]
+fn fast_path_size_rules() {
+    use super::fast::{parse_simple, write_reply, Prepared, Scratch};
+    let snap = many(100);
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    let cases = [
+        (
+            query("many.service.local.", RecordType::A),
+            Transport::Udp,
+            512,
+            Some(3),
+        ),
+        (
+            query("many.service.local.", RecordType::SRV),
+            Transport::Udp,
+            512,
+            None,
+        ),
+        (
+            with_edns(query("many.service.local.", RecordType::SRV), 4096),
+            Transport::Udp,
+            1232,
+            None,
+        ),
+        (
+            with_edns(query("many.service.local.", RecordType::A), 700),
+            Transport::Udp,
+            700,
+            None,
+        ),
+    ];
+    for (m, transport, cap, count) in cases {
+        let pkt = m.to_vec().unwrap();
+        let q = parse_simple(&pkt).unwrap();
+        let Lookup::Local(res) = resolve(
+            &q.decode_name().unwrap(),
+            q.record_type(),
+            &settings(),
+            &snap,
+        ) else {
+            panic!("local name");
+        };
+        let prepared = Prepared::new(&res).unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        write_reply(
+            &q,
+            &prepared,
+            &settings(),
+            transport,
+            &mut rng,
+            &mut scratch,
+            &mut out,
+        );
+        assert!(out.len() <= cap, "{} > {cap}", out.len());
+        let r = Message::from_vec(&out).unwrap();
+        assert!(r.metadata.truncation);
+        if let Some(n) = count {
+            assert_eq!(r.answers.len(), n);
+        }
+        assert!(r.answers.len() >= 3);
+        let targets: BTreeSet<String> = r
+            .answers
+            .iter()
+            .filter_map(|a| match &a.data {
+                RData::SRV(s) => Some(s.target.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        for g in r
+            .additionals
+            .iter()
+            .filter(|g| g.record_type() != RecordType::OPT)
+        {
+            assert!(targets.contains(&g.name.to_ascii()), "stray glue");
+        }
+    }
+    // TCP: complete
+    let pkt = query("many.service.local.", RecordType::SRV)
+        .to_vec()
+        .unwrap();
+    let q = parse_simple(&pkt).unwrap();
+    let Lookup::Local(res) = resolve(
+        &q.decode_name().unwrap(),
+        q.record_type(),
+        &settings(),
+        &snap,
+    ) else {
+        panic!("local name");
+    };
+    let prepared = Prepared::new(&res).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    write_reply(
+        &q,
+        &prepared,
+        &settings(),
+        Transport::Tcp,
+        &mut rng,
+        &mut scratch,
+        &mut out,
+    );
+    let r = Message::from_vec(&out).unwrap();
+    assert_eq!(r.answers.len(), 100);
+    assert_eq!(r.additionals.len(), 100);
+    assert!(!r.metadata.truncation);
 }
