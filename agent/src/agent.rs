@@ -132,6 +132,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         "muster agent running"
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
+    let checks_task = crate::checks::spawn(shared.clone());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -162,6 +163,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     shared.stop_tx.send_replace(Stop::Leave);
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
+    let _ = checks_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -242,6 +242,8 @@ async fn ttl_update(call: &Call, id: &str, status: HealthStatus, output: String)
             "check {id:?} is not a TTL check"
         )));
     }
+    // Restart the TTL timer even when status and output repeat (no record change then).
+    call.shared.state.ttl_refreshed(id);
     call.shared.state.update_check(id, status, output).await?;
     Ok(Reply::empty())
 }
