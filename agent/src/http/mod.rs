@@ -208,6 +208,13 @@ impl Call {
         let mut rx = state.subscribe();
         let snap = state.snapshot();
         let idx = index_of(&snap).max(1);
+        // Parameters are checked even when the answer is immediate, so a typo shows at once.
+        let wait = match self.param("wait") {
+            None => DEFAULT_WAIT,
+            Some(w) => muster_proto::duration::parse(w)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
+        }
+        .min(MAX_WAIT);
         let Some(min) = self.param("index") else {
             return Ok((snap, idx));
         };
@@ -219,12 +226,6 @@ impl Call {
         if idx > min || min > snap.index() {
             return Ok((snap, idx));
         }
-        let wait = match self.param("wait") {
-            None => DEFAULT_WAIT,
-            Some(w) => muster_proto::duration::parse(w)
-                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
-        }
-        .min(MAX_WAIT);
         let jitter_ms = (wait.as_millis() as u64 / 16).max(1);
         let wait = wait + Duration::from_millis(rand::random::<u64>() % jitter_ms);
         let deadline = tokio::time::Instant::now() + wait;
