@@ -56,8 +56,9 @@ fn wait_status(a: &Agent, id: &str, want: &str) {
     );
 }
 
-/// A tiny HTTP/1.1 server on a std listener: answers every request with `code` and a fixed
-/// body, and remembers the last request head. Stops (closing its port) on `stop`.
+/// A tiny HTTP/1.1 server on a std listener: redirects `/moved` to `/health`, answers every
+/// other request with `code` and a fixed body, and remembers the last head of a request for
+/// `/health?…`. Stops (closing its port) on `stop`.
 struct TinyHttp {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -75,27 +76,7 @@ impl TinyHttp {
             move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                            let mut head = Vec::new();
-                            let mut buf = [0u8; 1024];
-                            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-                                match s.read(&mut buf) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                                }
-                            }
-                            *last_head.lock().unwrap() =
-                                String::from_utf8_lossy(&head).into_owned();
-                            let code = code.load(Ordering::SeqCst);
-                            let body = "hello from the test server";
-                            let _ = write!(
-                                s,
-                                "HTTP/1.1 {code} Whatever\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
-                        }
+                        Ok((s, _)) => serve_one(s, &code, &last_head),
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
                 }
@@ -119,6 +100,37 @@ impl TinyHttp {
             let _ = t.join();
         }
     }
+}
+
+/// Answers one request of [`TinyHttp`].
+fn serve_one(mut s: std::net::TcpStream, code: &AtomicU16, last_head: &Mutex<String>) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("GET /moved ") {
+        let _ = s.write_all(
+            b"HTTP/1.1 301 Moved Permanently\r\nLocation: /health\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
+    if head.starts_with("GET /health?") {
+        *last_head.lock().unwrap() = head;
+    }
+    let code = code.load(Ordering::SeqCst);
+    let body = "hello from the test server";
+    let _ = write!(
+        s,
+        "HTTP/1.1 {code} Whatever\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 impl Drop for TinyHttp {
@@ -213,6 +225,20 @@ fn http_check_follows_a_real_server() {
         seen.to_ascii_lowercase().contains("x-probe: muster\r\n"),
         "{seen}"
     );
+
+    // Redirects are followed (as Consul's Go client does); the output names the URL checked.
+    let moved = format!("http://{addr}/moved");
+    register(
+        &a,
+        json!({"Name": "api", "ID": "api-2", "Port": addr.port(),
+               "Check": {"HTTP": moved, "Interval": "1s", "Timeout": "2s"}}),
+    );
+    wait_status(&a, "service:api-2", "passing");
+    assert_eq!(
+        check(&a, "service:api-2")["Output"],
+        format!("HTTP GET {moved}: 200 OK Output: hello from the test server")
+    );
+    assert_eq!(a.put("/v1/agent/service/deregister/api-2", "").status, 200);
 
     // 429 is a warning, other non-2xx critical.
     code.store(429, Ordering::SeqCst);

@@ -72,7 +72,12 @@ async fn supervise(shared: Shared) {
             // (The guard `wait_for` returns must not live across the awaits below.)
             _ = async { stop.wait_for(|s| *s != Stop::Running).await.is_ok() } => break,
             _ = reap_tick.tick() => {
-                for service in due_for_reaping(&record, &critical_since, Instant::now()) {
+                // Decide on the record as it is now, not as it was at the top of the loop:
+                // a check that turned passing meanwhile must not get its service reaped.
+                let current = state.local();
+                let now = Instant::now();
+                track_critical(&current, now, &mut critical_since);
+                for service in due_for_reaping(&current, &critical_since, now) {
                     tracing::info!(service = %service, "deregistering service: critical for longer than deregister_critical_after");
                     if let Err(e) = state.deregister_service(&service).await {
                         tracing::warn!(service = %service, error = %e, "could not reap service");

@@ -66,17 +66,77 @@ pub async fn http(
     tls_skip_verify: bool,
     timeout: Duration,
 ) -> Outcome {
-    match tokio::time::timeout(timeout, http_request(url, method, headers, tls_skip_verify)).await {
+    match tokio::time::timeout(timeout, http_follow(url, method, headers, tls_skip_verify)).await {
         Err(_) => (
             HealthStatus::Critical,
             format!("HTTP {method} {url}: timed out after {}", human(timeout)),
         ),
         Ok(Err(e)) => (HealthStatus::Critical, format!("HTTP {method} {url}: {e}")),
-        Ok(Ok((code, reason, body))) => (
-            http_status(code),
-            format!("HTTP {method} {url}: {code} {reason} Output: {body}"),
+        Ok(Ok(r)) => (
+            http_status(r.code),
+            format!(
+                "HTTP {method} {url}: {} {} Output: {}",
+                r.code, r.reason, r.body
+            ),
         ),
     }
+}
+
+/// Most redirects followed, as Go's HTTP client (which Consul's checks use) does.
+const MAX_REDIRECTS: usize = 10;
+
+/// One HTTP answer: status, reason phrase, the start of the body, and where a redirect
+/// points (its body is not read).
+struct Response {
+    code: u16,
+    reason: String,
+    body: String,
+    location: Option<String>,
+}
+
+/// Requests `url`, following redirects like Go's client: 301/302/303 continue as GET
+/// (HEAD stays HEAD), 307/308 keep the method. Headers go along on every hop.
+async fn http_follow(
+    url: &str,
+    method: &str,
+    headers: &BTreeMap<String, Vec<String>>,
+    tls_skip_verify: bool,
+) -> Result<Response, String> {
+    let mut url = url.to_string();
+    let mut method = method.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let r = http_request(&url, &method, headers, tls_skip_verify).await?;
+        let Some(location) = r.location.as_deref() else {
+            return Ok(r);
+        };
+        url = resolve_location(&url, location)
+            .ok_or_else(|| format!("bad redirect Location {location:?}"))?;
+        if matches!(r.code, 301..=303) && method != "HEAD" {
+            method = "GET".into();
+        }
+    }
+    Err(format!("stopped after {MAX_REDIRECTS} redirects"))
+}
+
+/// The absolute URL a `Location` header means, relative to the URL that answered.
+fn resolve_location(base: &str, location: &str) -> Option<String> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Some(location.to_string());
+    }
+    let uri: hyper::Uri = base.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    if let Some(rest) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    let authority = uri.authority()?.as_str();
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    // Relative to the current path's directory.
+    let path = uri.path();
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Some(format!("{scheme}://{authority}{dir}{location}"))
 }
 
 /// Aborts the HTTP connection driver when the request is done or abandoned (timeout).
@@ -93,7 +153,7 @@ async fn http_request(
     method: &str,
     headers: &BTreeMap<String, Vec<String>>,
     tls_skip_verify: bool,
-) -> Result<(u16, String, String), String> {
+) -> Result<Response, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
@@ -147,7 +207,7 @@ async fn http_request(
     }
 }
 
-async fn exchange<T>(io: T, req: Request<Empty<Bytes>>) -> Result<(u16, String, String), String>
+async fn exchange<T>(io: T, req: Request<Empty<Bytes>>) -> Result<Response, String>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -160,6 +220,22 @@ where
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let reason = status.canonical_reason().unwrap_or("").to_string();
+    if status.is_redirection() {
+        let location = resp
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        // 304 and friends without a Location are final answers, as in Go.
+        if let Some(location) = location {
+            return Ok(Response {
+                code: status.as_u16(),
+                reason,
+                body: String::new(),
+                location: Some(location.to_string()),
+            });
+        }
+    }
     let mut body = resp.into_body();
     let mut kept: Vec<u8> = Vec::new();
     // Only the first MAX_OUTPUT bytes matter; stop reading there. A body that breaks
@@ -175,7 +251,12 @@ where
             Some(Err(_)) | None => break,
         }
     }
-    Ok((status.as_u16(), reason, output_text(&kept)))
+    Ok(Response {
+        code: status.as_u16(),
+        reason,
+        body: output_text(&kept),
+        location: None,
+    })
 }
 
 // ----- TCP -----
@@ -289,6 +370,23 @@ mod tests {
         assert_eq!(http_status(404), HealthStatus::Critical);
         assert_eq!(http_status(500), HealthStatus::Critical);
         assert_eq!(http_status(199), HealthStatus::Critical);
+    }
+
+    #[test]
+    fn redirect_locations_resolve_against_the_answering_url() {
+        let base = "http://10.0.0.1:8080/app/health?x=1";
+        let r = |l| resolve_location(base, l);
+        assert_eq!(r("https://other/h").as_deref(), Some("https://other/h"));
+        assert_eq!(r("//other:9/h").as_deref(), Some("http://other:9/h"));
+        assert_eq!(r("/ok").as_deref(), Some("http://10.0.0.1:8080/ok"));
+        assert_eq!(
+            r("ready").as_deref(),
+            Some("http://10.0.0.1:8080/app/ready")
+        );
+        assert_eq!(
+            resolve_location("http://h", "ready").as_deref(),
+            Some("http://h/ready")
+        );
     }
 
     #[test]
