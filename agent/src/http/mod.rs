@@ -6,6 +6,7 @@
 //! done here once, so every endpoint speaks the same status codes.
 
 mod agent_api;
+mod cache;
 mod catalog_api;
 
 use crate::agent::{Shared, Stop};
@@ -162,6 +163,42 @@ impl Call {
         match self.param(name) {
             None => false,
             Some(v) => !matches!(v, "false" | "0"),
+        }
+    }
+
+    /// A cache key for this read: the path and every parameter that shapes the answer
+    /// (not the blocking-query or consistency ones), in a stable order.
+    pub fn cache_key(&self) -> String {
+        let mut params: Vec<(&String, &Vec<String>)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "index" | "wait" | "stale" | "consistent" | "cached" | "token"
+                )
+            })
+            .collect();
+        params.sort();
+        format!("{:?}{:?}", self.segments, params)
+    }
+
+    /// Serves a JSON body rendered once per `index` of the answer (see `cache`).
+    pub fn cached_json(&self, index: u64, render: impl FnOnce() -> serde_json::Value) -> Reply {
+        let key = self.cache_key();
+        let body = match cache::CACHE.get(&key, index) {
+            Some(b) => b,
+            None => {
+                let b = Bytes::from(serde_json::to_vec(&render()).unwrap_or_default());
+                cache::CACHE.put(key, index, b.clone());
+                b
+            }
+        };
+        Reply {
+            status: StatusCode::OK,
+            body,
+            content_type: "application/json",
+            index: Some(index),
         }
     }
 
