@@ -106,7 +106,10 @@ fn prometheus_text_parses_and_counters_move_with_traffic() {
     }
     let after = scrape(&agent);
     let reg = "muster_http_requests_total{route=\"/v1/agent/service/register\",status=\"200\"}";
-    assert_eq!(get(&after, reg) - before.get(reg).copied().unwrap_or(0.0), 2.0);
+    assert_eq!(
+        get(&after, reg) - before.get(reg).copied().unwrap_or(0.0),
+        2.0
+    );
     assert_eq!(
         get(
             &after,
@@ -126,7 +129,10 @@ fn prometheus_text_parses_and_counters_move_with_traffic() {
     assert_eq!(get(&after, "muster_catalog_services{}"), 1.0);
     assert_eq!(get(&after, "muster_catalog_service_instances{}"), 2.0);
     // serfHealth + web-1's check passing; web-2's check critical.
-    assert_eq!(get(&after, "muster_catalog_checks{status=\"critical\"}"), 1.0);
+    assert_eq!(
+        get(&after, "muster_catalog_checks{status=\"critical\"}"),
+        1.0
+    );
     assert!(get(&after, "muster_catalog_checks{status=\"passing\"}") >= 1.0);
 }
 
@@ -138,12 +144,14 @@ fn json_has_consul_shape() {
     let ts = v["Timestamp"].as_str().unwrap();
     assert!(ts.ends_with(" +0000 UTC") && ts.len() == 29, "{ts}");
     let gauges = v["Gauges"].as_array().unwrap();
-    assert!(gauges.iter().all(|g| g["Name"].is_string()
-        && g["Value"].is_number()
-        && g["Labels"].is_object()));
+    assert!(gauges
+        .iter()
+        .all(|g| g["Name"].is_string() && g["Value"].is_number() && g["Labels"].is_object()));
     let counters = v["Counters"].as_array().unwrap();
     for c in counters {
-        for k in ["Name", "Count", "Sum", "Min", "Max", "Mean", "Stddev", "Labels"] {
+        for k in [
+            "Name", "Count", "Sum", "Min", "Max", "Mean", "Stddev", "Labels",
+        ] {
             assert!(!c[k].is_null(), "counter without {k}: {c}");
         }
     }

@@ -49,8 +49,8 @@ fn sighup_applies_service_changes_and_a_broken_file_changes_nothing() {
         "[[service]]\nname = \"db\"\nport = 5432\ncheck = { ttl = \"30s\", status = \"passing\" }\n",
     )
     .unwrap();
-    let spec = AgentSpec::dev("reload1", "127.0.0.1")
-        .args(&["--config-dir", conf.to_str().unwrap()]);
+    let spec =
+        AgentSpec::dev("reload1", "127.0.0.1").args(&["--config-dir", conf.to_str().unwrap()]);
     let agent = Agent::start(spec);
     assert_eq!(service_ids(&agent), vec!["db", "web"]);
     assert_eq!(catalog_ports(&agent, "web"), vec![8080]);
@@ -79,7 +79,12 @@ fn sighup_applies_service_changes_and_a_broken_file_changes_nothing() {
     let ok = wait_for(Duration::from_secs(10), || {
         service_ids(&agent) == vec!["api", "cache", "web"]
     });
-    assert!(ok, "after SIGHUP: {:?}\n{}", service_ids(&agent), agent.logs());
+    assert!(
+        ok,
+        "after SIGHUP: {:?}\n{}",
+        service_ids(&agent),
+        agent.logs()
+    );
     assert_eq!(catalog_ports(&agent, "web"), vec![8081]);
     assert_eq!(catalog_ports(&agent, "db"), Vec::<u64>::new());
     assert_eq!(

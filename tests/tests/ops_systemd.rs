@@ -13,7 +13,8 @@ fn wait_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<Strin
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             let done = msg.lines().any(|l| l == want);
@@ -51,7 +52,10 @@ fn notifies_ready_once_http_listens_and_stopping_on_shutdown() {
         .status();
     let stopping = wait_message(&sock, "STOPPING=1", Duration::from_secs(20));
     let status = child.wait().unwrap();
-    assert!(ready_ok, "API not answering after READY=1: {r:?} ({msgs:?})");
+    assert!(
+        ready_ok,
+        "API not answering after READY=1: {r:?} ({msgs:?})"
+    );
     assert!(stopping.iter().all(|m| !m.contains("READY=1")));
     assert_eq!(status.code(), Some(0));
 }
