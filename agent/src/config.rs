@@ -1146,7 +1146,7 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
     fn errors_name_file_key_and_reason() {
         let d = Dir::new();
         let f = d.file("muster.toml", "[ports]\nhttp = \"x\"\n");
-        let e = load(&with_files(&[f.clone()])).unwrap_err();
+        let e = load(&with_files(std::slice::from_ref(&f))).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -1271,7 +1271,7 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
     fn unreadable_and_invalid_files_are_refused() {
         let d = Dir::new();
         let missing = d.0.join("nope.toml");
-        match load(&with_files(&[missing.clone()])) {
+        match load(&with_files(std::slice::from_ref(&missing))) {
             Err(ConfigError::File { file, reason }) => {
                 assert_eq!(file, missing.display().to_string());
                 assert!(reason.contains("cannot read"), "{reason}");
@@ -1321,7 +1321,7 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
-                let c = load(&with_files(&[p.clone()]))
+                let c = load(&with_files(std::slice::from_ref(&p)))
                     .unwrap_or_else(|e| panic!("{} does not load: {e}", p.display()));
                 assert!(!c.dev);
                 n += 1;
