@@ -6,6 +6,7 @@
 //! done here once, so every endpoint speaks the same status codes.
 
 mod agent_api;
+mod cache;
 mod catalog_api;
 
 use crate::agent::{Shared, Stop};
@@ -165,6 +166,42 @@ impl Call {
         }
     }
 
+    /// A cache key for this read: the path and every parameter that shapes the answer
+    /// (not the blocking-query or consistency ones), in a stable order.
+    pub fn cache_key(&self) -> String {
+        let mut params: Vec<(&String, &Vec<String>)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "index" | "wait" | "stale" | "consistent" | "cached" | "token"
+                )
+            })
+            .collect();
+        params.sort();
+        format!("{:?}{:?}", self.segments, params)
+    }
+
+    /// Serves a JSON body rendered once per `index` of the answer (see `cache`).
+    pub fn cached_json(&self, index: u64, render: impl FnOnce() -> serde_json::Value) -> Reply {
+        let key = self.cache_key();
+        let body = match cache::CACHE.get(&key, index) {
+            Some(b) => b,
+            None => {
+                let b = Bytes::from(serde_json::to_vec(&render()).unwrap_or_default());
+                cache::CACHE.put(key, index, b.clone());
+                b
+            }
+        };
+        Reply {
+            status: StatusCode::OK,
+            body,
+            content_type: "application/json",
+            index: Some(index),
+        }
+    }
+
     pub fn params(&self, name: &str) -> &[String] {
         self.query.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -208,6 +245,13 @@ impl Call {
         let mut rx = state.subscribe();
         let snap = state.snapshot();
         let idx = index_of(&snap).max(1);
+        // Parameters are checked even when the answer is immediate, so a typo shows at once.
+        let wait = match self.param("wait") {
+            None => DEFAULT_WAIT,
+            Some(w) => muster_proto::duration::parse(w)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
+        }
+        .min(MAX_WAIT);
         let Some(min) = self.param("index") else {
             return Ok((snap, idx));
         };
@@ -219,12 +263,6 @@ impl Call {
         if idx > min || min > snap.index() {
             return Ok((snap, idx));
         }
-        let wait = match self.param("wait") {
-            None => DEFAULT_WAIT,
-            Some(w) => muster_proto::duration::parse(w)
-                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
-        }
-        .min(MAX_WAIT);
         let jitter_ms = (wait.as_millis() as u64 / 16).max(1);
         let wait = wait + Duration::from_millis(rand::random::<u64>() % jitter_ms);
         let deadline = tokio::time::Instant::now() + wait;
