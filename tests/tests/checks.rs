@@ -3,8 +3,7 @@
 //! `deregister_critical_after`, checks added and removed through `/v1/agent/check/*`, and
 //! maintenance mode — observed through `?passing` and `/v1/agent/health/service/name/:name`.
 //!
-//! Script checks need `enable_script_checks = true`, which only a config file can set; they
-//! are tested at the unit level (agent/src/checks/probe.rs) until the config loader reads it.
+//! Script checks need `enable_script_checks = true`, set here through a config file.
 
 use muster_tests::{free_port, wait_for, Agent, AgentSpec, TempDir};
 use serde_json::{json, Value};
@@ -500,4 +499,82 @@ fn https_check_verifies_unless_told_to_skip() {
         check(&a, "service:secure-verify")
     );
     assert_eq!(passing(&a, "secure"), 1);
+}
+
+#[test]
+fn script_checks_run_when_enabled_by_config() {
+    let dir = TempDir::new("script");
+    let code_file = dir.path().join("exit-code");
+    std::fs::write(&code_file, "0").unwrap();
+    let conf = dir.path().join("agent.toml");
+    // The script prints a line on stdout and one on stderr, then exits with the file's code.
+    let script = format!(
+        "c=$(cat {}); echo \"exit $c\"; echo to-stderr >&2; exit $c",
+        code_file.display()
+    );
+    std::fs::write(
+        &conf,
+        format!(
+            r#"enable_script_checks = true
+
+[[service]]
+name = "batch"
+port = 7000
+check = {{ args = ["sh", "-c", {script:?}], interval = "1s", timeout = "10s" }}
+"#
+        ),
+    )
+    .unwrap();
+    let a = Agent::start(
+        AgentSpec::dev("script-node", "127.0.0.1").args(&["--config", conf.to_str().unwrap()]),
+    );
+    wait_status(&a, "service:batch", "passing");
+    let out = check(&a, "service:batch")["Output"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        out.contains("exit 0\n") && out.contains("to-stderr\n"),
+        "{out:?}"
+    );
+    assert_eq!(check(&a, "service:batch")["Type"], "script");
+    assert_eq!(passing(&a, "batch"), 1);
+
+    std::fs::write(&code_file, "1").unwrap();
+    wait_status(&a, "service:batch", "warning");
+    assert_eq!(agent_health(&a, "batch"), 429);
+    std::fs::write(&code_file, "2").unwrap();
+    wait_status(&a, "service:batch", "critical");
+    assert_eq!(agent_health(&a, "batch"), 503);
+    std::fs::write(&code_file, "0").unwrap();
+    wait_status(&a, "service:batch", "passing");
+
+    // Registered over HTTP too (this agent allows scripts); killed when it overruns.
+    let slow = json!({"Name": "slow", "Port": 7001,
+                      "Check": {"Args": ["sleep", "30"], "Interval": "1s", "Timeout": "500ms",
+                                "Status": "passing"}});
+    register(&a, slow);
+    assert!(
+        wait_for(WAIT, || {
+            check(&a, "service:slow")["Output"] == "Timed out (500ms) running check"
+        }),
+        "{}",
+        check(&a, "service:slow")
+    );
+    assert_eq!(check_status(&a, "service:slow"), "critical");
+}
+
+#[test]
+fn script_checks_are_refused_by_default() {
+    let a = Agent::start(AgentSpec::dev("noscript-node", "127.0.0.1"));
+    let body = json!({"Name": "x", "Check": {"Args": ["true"], "Interval": "1s"}});
+    let r = a.put("/v1/agent/service/register", &body.to_string());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("enable_script_checks"), "{}", r.text());
+    let chk = json!({"Name": "y", "Args": ["true"], "Interval": "1s"});
+    assert_eq!(
+        a.put("/v1/agent/check/register", &chk.to_string()).status,
+        400
+    );
+    assert!(a.get_json("/v1/agent/services").get("x").is_none());
 }
