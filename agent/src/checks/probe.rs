@@ -278,6 +278,9 @@ pub async fn tcp(address: &str, timeout: Duration) -> Outcome {
 
 // ----- scripts -----
 
+/// How long output is still collected after a script exits (see `run_script`).
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
 /// `Args`: runs the program (no shell) with stdout and stderr on one pipe, so the output
 /// interleaves as a terminal would show it. Killed when the timeout passes.
 pub async fn script(args: &[String], timeout: Duration) -> Outcome {
@@ -306,12 +309,23 @@ async fn run_script(program: &str, args: &[String], timeout: Duration) -> std::i
     // copies, so the reader sees end-of-file when the script is done.
     drop(cmd);
     let mut output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
+    let mut kept = Vec::new();
     let run = async {
-        let (kept, status) = tokio::join!(read_capped(&mut output), child.wait());
-        (kept, status)
+        let reading = read_capped(&mut output, &mut kept);
+        tokio::pin!(reading);
+        tokio::select! {
+            status = child.wait() => {
+                // The script is done. What it wrote is in the pipe and read at once, but a
+                // background process it started may hold the pipe open forever: do not
+                // wait on that.
+                let _ = tokio::time::timeout(OUTPUT_GRACE, &mut reading).await;
+                status
+            }
+            () = &mut reading => child.wait().await,
+        }
     };
     match tokio::time::timeout(timeout, run).await {
-        Ok((kept, status)) => {
+        Ok(status) => {
             let status = status?;
             Ok((script_status(status.code()), output_text(&kept)))
         }
@@ -328,8 +342,7 @@ async fn run_script(program: &str, args: &[String], timeout: Duration) -> std::i
 
 /// Reads to end-of-file, keeping the first [`MAX_OUTPUT`] bytes and discarding the rest
 /// (still reading it, so the script never blocks on a full pipe).
-async fn read_capped(r: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
-    let mut kept = Vec::new();
+async fn read_capped(r: &mut (impl AsyncRead + Unpin), kept: &mut Vec<u8>) {
     let mut buf = [0u8; 4096];
     loop {
         match r.read(&mut buf).await {
@@ -340,7 +353,6 @@ async fn read_capped(r: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
             }
         }
     }
-    kept
 }
 
 /// A duration the way Go prints short ones ("10s", "500ms").
@@ -435,6 +447,18 @@ mod tests {
         .await;
         assert_eq!(st, HealthStatus::Passing);
         assert_eq!(out.len(), MAX_OUTPUT);
+    }
+
+    #[tokio::test]
+    async fn script_that_leaves_a_background_process_still_finishes() {
+        // The background sleep keeps the output pipe open past the script's exit (and past
+        // the check's timeout); the result must come from the script's own exit.
+        let (st, out) = script(
+            &s(&["sh", "-c", "sleep 5 & echo started; exit 1"]),
+            Duration::from_secs(4),
+        )
+        .await;
+        assert_eq!((st, out.as_str()), (HealthStatus::Warning, "started\n"));
     }
 
     #[tokio::test]
