@@ -578,3 +578,36 @@ fn script_checks_are_refused_by_default() {
     );
     assert!(a.get_json("/v1/agent/services").get("x").is_none());
 }
+
+#[test]
+fn ttl_state_survives_a_restart_and_its_timer_starts_again() {
+    let data = TempDir::new("ttl-data");
+    let spec = AgentSpec::dev("ttl-restart", "127.0.0.1").data_dir(data.path());
+    let mut a = Agent::start(spec.clone());
+    register(
+        &a,
+        json!({"Name": "hb", "Port": 1, "Check": {"TTL": "20s"}}),
+    );
+    assert_eq!(
+        a.put("/v1/agent/check/pass/service:hb?note=beat", "")
+            .status,
+        200
+    );
+    a.kill9();
+
+    // Restored passing: the TTL counts again from the restart, so it is still passing now…
+    let b = Agent::start(spec);
+    assert_eq!(check_status(&b, "service:hb"), "passing");
+    assert_eq!(passing(&b, "hb"), 1);
+    // …and expires when nobody refreshes it after the restart.
+    assert!(
+        wait_for(Duration::from_secs(60), || check_status(&b, "service:hb")
+            == "critical"),
+        "restored TTL check never expired: {}",
+        check(&b, "service:hb")
+    );
+    assert_eq!(
+        check(&b, "service:hb")["Output"],
+        "TTL expired (last output before timeout follows): beat"
+    );
+}
