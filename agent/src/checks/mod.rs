@@ -435,6 +435,49 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn one_runner_per_active_check_restarted_on_change() {
+        let state = ttl_state();
+        let script = |args: &[&str]| CheckKind::Script {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            interval_ms: 60_000,
+            timeout_ms: 1_000,
+        };
+        let mut maint = check("_service_maintenance:web", "web", HealthStatus::Critical, 0);
+        maint.kind = CheckKind::Internal;
+        let mut sc = check("sc", "web", HealthStatus::Critical, 0);
+        sc.kind = script(&["true"]);
+        let mut r = record(vec![
+            check("a", "web", HealthStatus::Critical, 0),
+            maint,
+            sc,
+        ]);
+        let mut runners = HashMap::new();
+        reconcile(&state, &r, true, &mut runners);
+        let mut ids: Vec<&String> = runners.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "sc"], "internal checks have no runner");
+        let task_id = |runners: &HashMap<String, Runner>, id: &str| runners[id].task.id();
+        let a_task = task_id(&runners, "a");
+        let sc_task = task_id(&runners, "sc");
+
+        // Same definitions: the same runners stay.
+        reconcile(&state, &r, true, &mut runners);
+        assert_eq!(task_id(&runners, "a"), a_task);
+        // A changed definition restarts that runner only; so does disabling scripts.
+        r.checks.get_mut("a").unwrap().kind = CheckKind::Ttl { ttl_ms: 5 };
+        reconcile(&state, &r, true, &mut runners);
+        assert_ne!(task_id(&runners, "a"), a_task);
+        assert_eq!(task_id(&runners, "sc"), sc_task);
+        reconcile(&state, &r, false, &mut runners);
+        assert_ne!(task_id(&runners, "sc"), sc_task);
+        // A removed check loses its runner.
+        r.checks.remove("a");
+        reconcile(&state, &r, false, &mut runners);
+        assert!(!runners.contains_key("a"));
+        assert!(runners.contains_key("sc"));
+    }
+
     fn ttl_state() -> Arc<State> {
         State::new(
             "n1".into(),
