@@ -25,3 +25,24 @@ fn py_consul_against_one_agent() {
     let a = Agent::start(AgentSpec::dev("py-single", "127.0.0.1"));
     run_suite(&[&a]);
 }
+
+#[test]
+fn npm_consul_against_one_agent() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/compat");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/consul").exists(),
+        "run `npm ci --prefix tests/compat` first (.ci/run does)"
+    );
+    let a = Agent::start(AgentSpec::dev("npm-single", "127.0.0.1"));
+    let out = Command::new("node")
+        .arg(format!("{dir}/npm_consul_suite.js"))
+        .arg(a.http().to_string())
+        .output()
+        .expect("node must be installed");
+    assert!(
+        out.status.success(),
+        "npm consul suite failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
