@@ -853,17 +853,18 @@ fn parse_recursor(s: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address such as \"1.1.1.1\" or \"1.1.1.1:53\""))
 }
 
-/// The default advertise address: the first private IPv4 of this host, else `bind` if it
-/// is a specific address, else loopback.
+/// The default advertise address: `bind` when gossip is bound to one specific address
+/// (advertising any other would be unreachable, and `--dev` stays on loopback), else the
+/// first private IPv4 of this host, else loopback.
 fn default_advertise(bind: IpAddr) -> IpAddr {
-    let text = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
-    if let Some(ip) = first_private_ipv4(&text) {
-        return IpAddr::V4(ip);
-    }
     if !bind.is_unspecified() {
         return bind;
     }
-    IpAddr::from([127, 0, 0, 1])
+    let text = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    match first_private_ipv4(&text) {
+        Some(ip) => IpAddr::V4(ip),
+        None => IpAddr::from([127, 0, 0, 1]),
+    }
 }
 
 /// Finds the lowest private (RFC 1918) address this host owns in `/proc/net/fib_trie`,
@@ -1302,6 +1303,18 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
             ..AgentArgs::default()
         };
         assert!(matches!(load(&args), Err(ConfigError::Flag { flag, .. }) if flag == "--join"));
+    }
+
+    #[test]
+    fn advertise_follows_a_specific_bind_address() {
+        let c = load_text("bind_addr = \"127.0.0.7\"").unwrap();
+        assert_eq!(c.advertise_addr, IpAddr::from([127, 0, 0, 7]));
+        let dev = load(&AgentArgs {
+            dev: true,
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert_eq!(dev.advertise_addr, IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]

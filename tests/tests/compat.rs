@@ -30,7 +30,9 @@ fn py_consul_against_one_agent() {
 fn npm_consul_against_one_agent() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/compat");
     assert!(
-        std::path::Path::new(dir).join("node_modules/consul").exists(),
+        std::path::Path::new(dir)
+            .join("node_modules/consul")
+            .exists(),
         "run `npm ci --prefix tests/compat` first (.ci/run does)"
     );
     let a = Agent::start(AgentSpec::dev("npm-single", "127.0.0.1"));
