@@ -125,6 +125,13 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         reload_tx,
     };
 
+    // Signal handlers go in before anything listens: once a client (or systemd) can see us,
+    // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
     let http = crate::http::bind(&shared).await?;
     tracing::info!(
         node = %config.node_name,
@@ -143,12 +150,10 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     // "has tried to reach the cluster".
     notify_ready();
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut stop_rx = shared.stop_rx();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: leaving"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving"); break; }
             _ = sighup.recv() => {
                 match reload(&shared, &args).await {
