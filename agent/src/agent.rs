@@ -125,6 +125,13 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         reload_tx,
     };
 
+    // Signal handlers go in before anything listens: once a client (or systemd) can see us,
+    // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
     let http = crate::http::bind(&shared).await?;
     let dns = crate::dns::bind(&shared).await?;
     tracing::info!(
@@ -135,13 +142,21 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
     let dns_task = tokio::spawn(dns.serve(shared.clone()));
+    let checks_task = crate::checks::spawn(shared.clone());
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // ---- Readiness (systemd Type=notify) ----
+    // Every listener must be bound above this point (HTTP and DNS now; gossip binds here
+    // too when it is wired): READY=1 tells systemd, and units ordered after muster,
+    // that the API and DNS answer.
+    // FIRST-JOIN HOOK: when `config.retry_join` is not empty, await the gossip listener's
+    // first join attempt (successful or not) here, before notify_ready(), so READY means
+    // "has tried to reach the cluster".
+    notify_ready();
+
     let mut stop_rx = shared.stop_rx();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: leaving"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving"); break; }
             _ = sighup.recv() => {
                 match reload(&shared, &args).await {
@@ -162,17 +177,64 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     }
+    notify_stopping();
     shared.stop_tx.send_replace(Stop::Leave);
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
     let _ = dns_task.await;
+    let _ = checks_task.await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Re-reads config files and applies their services. A bad file changes nothing.
+/// Tells systemd the agent is ready (no-op without `NOTIFY_SOCKET`).
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd (READY=1)");
+    }
+}
+
+/// Tells systemd the agent is shutting down (no-op without `NOTIFY_SOCKET`).
+fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::warn!(error = %e, "could not notify systemd (STOPPING=1)");
+    }
+}
+
+/// Re-reads config files and applies their services. A bad file changes nothing: the
+/// error is returned (and logged by the caller) and the running config stays.
 pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String> {
-    let new = config::load(args).map_err(|e| e.to_string())?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut new = match config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::metrics::METRICS
+                .reload_failures
+                .fetch_add(1, Relaxed);
+            return Err(e.to_string());
+        }
+    };
+    let old = shared.config.load_full();
+    let restart_needed = restart_only_changes(&old, &new);
+    if !restart_needed.is_empty() {
+        tracing::warn!(
+            settings = %restart_needed.join(", "),
+            "these settings changed in the files but only take effect after a restart"
+        );
+        // Keep what the running sockets, catalog and store were built with, so that
+        // /v1/agent/self and friends describe the agent as it really runs.
+        new.node_name = old.node_name.clone();
+        new.datacenter = old.datacenter.clone();
+        new.data_dir = old.data_dir.clone();
+        new.bind_addr = old.bind_addr;
+        new.advertise_addr = old.advertise_addr;
+        new.client_addr = old.client_addr;
+        new.ports = old.ports.clone();
+        new.encrypt = old.encrypt;
+        new.log_level = old.log_level.clone();
+        new.log_json = old.log_json;
+    }
+    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
     let (added, changed, removed) = shared
         .state
         .apply_config_services(new.services.clone())
@@ -181,4 +243,33 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
     Ok(format!(
         "config services: {added} added, {changed} changed, {removed} removed"
     ))
+}
+
+/// Settings a reload cannot apply to a running agent (sockets, identity, storage).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.node_name != new.node_name {
+        out.push("node_name");
+    }
+    if old.datacenter != new.datacenter {
+        out.push("datacenter");
+    }
+    if old.data_dir != new.data_dir {
+        out.push("data_dir");
+    }
+    if (old.bind_addr, old.advertise_addr, old.client_addr)
+        != (new.bind_addr, new.advertise_addr, new.client_addr)
+    {
+        out.push("addresses");
+    }
+    if old.ports != new.ports {
+        out.push("ports");
+    }
+    if old.encrypt != new.encrypt {
+        out.push("encrypt");
+    }
+    if old.log_level != new.log_level || old.log_json != new.log_json {
+        out.push("log_level");
+    }
+    out
 }

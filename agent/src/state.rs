@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{broadcast, watch, Mutex};
 
 /// Where a local service came from: config files are re-applied on reload and never
 /// written to `data_dir`; HTTP registrations are persisted and untouched by reload.
@@ -61,7 +61,15 @@ pub struct State {
     local_tx: watch::Sender<Arc<NodeRecord>>,
     writer: Mutex<Writer>,
     started: Instant,
+    /// Ids of TTL checks refreshed through the API. A refresh that repeats the current
+    /// status and output changes nothing in the record (`update_check` returns false), yet
+    /// it must still restart the check's TTL timer, so the TTL runners listen here.
+    ttl_refresh_tx: broadcast::Sender<String>,
 }
+
+/// How many TTL refreshes may queue for a slow runner before it sees `Lagged` (it then
+/// treats the gap as a refresh of its own check: see `checks`).
+const TTL_REFRESH_BACKLOG: usize = 1024;
 
 /// A fresh record version: above the last one, and above any version a previous run of
 /// this node could have used (wall-clock microseconds), so a restarted node's record always
@@ -105,6 +113,7 @@ impl State {
                 store: store.map(Arc::new),
             }),
             started: Instant::now(),
+            ttl_refresh_tx: broadcast::channel(TTL_REFRESH_BACKLOG).0,
         })
     }
 
@@ -444,6 +453,19 @@ impl State {
         }
         self.commit_local(&mut w);
         Ok(true)
+    }
+
+    /// Announces that TTL check `id` was refreshed (pass/warn/fail/update), whether or not
+    /// its status or output changed. Call before `update_check`, so that a timer firing in
+    /// between cannot overwrite the fresh status with "TTL expired".
+    pub fn ttl_refreshed(&self, id: &str) {
+        // No receiver simply means no TTL runner is up (yet); nothing to tell.
+        let _ = self.ttl_refresh_tx.send(id.to_string());
+    }
+
+    /// A receiver of TTL refresh announcements (for the TTL check runners).
+    pub fn ttl_refreshes(&self) -> broadcast::Receiver<String> {
+        self.ttl_refresh_tx.subscribe()
     }
 
     /// Local checks (for `/v1/agent/checks` and the check runners).

@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use muster_proto::dns::{handle_packet, Action, DnsSettings, Transport};
+use muster_proto::dns::fast::{parse_simple, write_reply, Prepared, Scratch};
+use muster_proto::dns::{handle_packet, resolve, Action, DnsSettings, Lookup, Transport};
 use muster_proto::model::{
     Check, CheckKind, HealthStatus, MemberStatus, NodeRecord, Service, Weights,
 };
@@ -74,6 +75,27 @@ static RECURSING: LazyLock<DnsSettings> =
 
 fuzz_target!(|data: &[u8]| {
     let mut rng = SmallRng::seed_from_u64(data.len() as u64);
+    // The fast path, when it takes the packet: its reply must decode too.
+    if let Some(q) = parse_simple(data) {
+        if let Ok(name) = q.decode_name() {
+            if let Lookup::Local(res) = resolve(&name, q.record_type(), &PLAIN, &CATALOG) {
+                let prepared = Prepared::new(&res).expect("prepares");
+                let mut out = Vec::new();
+                write_reply(
+                    &q,
+                    &prepared,
+                    &PLAIN,
+                    Transport::Udp,
+                    &mut rng,
+                    &mut Scratch::default(),
+                    &mut out,
+                );
+                let m = hickory_proto::op::Message::from_vec(&out).expect("fast reply decodes");
+                assert_eq!(m.metadata.id, q.id);
+                assert!(out.len() <= 1232);
+            }
+        }
+    }
     for (settings, transport) in [(&*PLAIN, Transport::Udp), (&*RECURSING, Transport::Tcp)] {
         if let Action::Reply { bytes, .. } =
             handle_packet(data, settings, &CATALOG, transport, &mut rng)

@@ -146,11 +146,35 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until its HTTP API answers.
-    pub fn start(spec: AgentSpec) -> Agent {
-        let a = Agent::spawn(spec);
-        a.wait_ready();
-        a
+    /// Starts the agent and waits until its HTTP API answers. Ports from `free_port` can be
+    /// taken by someone else between the probe and the agent's bind (tests run in
+    /// parallel); when the agent exits because a port is in use, it is retried on fresh ports.
+    pub fn start(mut spec: AgentSpec) -> Agent {
+        for _ in 0..3 {
+            let mut a = Agent::spawn(spec.clone());
+            let http = a.http();
+            let ready = wait_for(Duration::from_secs(20), || {
+                try_request(http, "GET", "/v1/agent/self", None, &[]).is_ok_and(|r| r.status == 200)
+                    || a.child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
+            let exited = a
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if ready && !exited {
+                return a;
+            }
+            if exited && a.logs().contains("Address already in use") {
+                spec.http_port = free_port(&spec.ip);
+                spec.dns_port = free_port(&spec.ip);
+                spec.gossip_port = free_port(&spec.ip);
+                continue;
+            }
+            panic!("agent {} never became ready; log:\n{}", spec.name, a.logs());
+        }
+        panic!("agent {} could not find free ports", spec.name);
     }
 
     /// Starts the agent without waiting.

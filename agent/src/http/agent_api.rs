@@ -110,6 +110,10 @@ pub async fn route(call: &Call) -> ApiResult {
             call.shared.stop_tx.send_replace(crate::agent::Stop::Leave);
             Ok(Reply::empty())
         }
+        ["agent", "metrics"] => {
+            call.require(Method::GET)?;
+            metrics(call)
+        }
         ["agent", "reload"] => {
             call.require(Method::PUT)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -242,6 +246,8 @@ async fn ttl_update(call: &Call, id: &str, status: HealthStatus, output: String)
             "check {id:?} is not a TTL check"
         )));
     }
+    // Restart the TTL timer even when status and output repeat (no record change then).
+    call.shared.state.ttl_refreshed(id);
     call.shared.state.update_check(id, status, output).await?;
     Ok(Reply::empty())
 }
@@ -366,4 +372,23 @@ fn self_info(call: &Call) -> ApiResult {
         "Stats": {},
     }))
     .with_index(snap.index()))
+}
+
+/// `/v1/agent/metrics`: Consul's JSON, or `?format=prometheus` for the text format.
+fn metrics(call: &Call) -> ApiResult {
+    let report = crate::metrics::METRICS.report(&call.shared.state.snapshot());
+    match call.param("format") {
+        None | Some("") | Some("json") => {
+            Ok(Reply::json(&report.to_json(std::time::SystemTime::now())))
+        }
+        Some("prometheus") => Ok(Reply {
+            status: StatusCode::OK,
+            body: report.to_prometheus().into(),
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            index: None,
+        }),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "Invalid format {other:?}: json or prometheus"
+        ))),
+    }
 }
