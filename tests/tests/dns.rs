@@ -463,11 +463,170 @@ fn malformed_packets_do_not_hurt_the_server() {
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
     }
-    // still alive and still right, on both transports
-    let m = udp(dns, &query("web.service.local.", RecordType::A)).0;
+    // still alive and still right, on both transports (the flood may still fill the
+    // socket buffer for a moment, and UDP may drop what does not fit: ask until answered)
+    let mut answered = None;
+    for _ in 0..20 {
+        let q = query("web.service.local.", RecordType::A);
+        if let Some(raw) = udp_raw(dns, &q.to_vec().unwrap()) {
+            answered = Some(Message::from_vec(&raw).unwrap());
+            break;
+        }
+    }
+    let m = answered.expect("no UDP answer after the flood");
     assert_eq!(addrs(&m).len(), 2);
     let m = tcp(dns, &[query("web.service.local.", RecordType::SRV)]).remove(0);
     assert_eq!(m.answers.len(), 2);
     assert!(agent.logs().contains("muster agent running"));
     assert!(!agent.logs().contains("panicked"), "{}", agent.logs());
+}
+
+/// A fake upstream resolver on a loopback UDP port: answers every query with one A record
+/// (127.9.9.9) and RA set. Runs until the test process ends.
+fn fake_recursor(ip: &str) -> SocketAddr {
+    let s = UdpSocket::bind((ip, 0)).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = s.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.iter().cloned());
+            if let Some(question) = q.queries.first() {
+                r.add_answer(hickory_proto::rr::Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(hickory_proto::rr::rdata::A::new(127, 9, 9, 9)),
+                ));
+            }
+            let _ = s.send_to(&r.to_vec().unwrap(), peer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn dns_settings_from_config_file() {
+    let ip = "127.0.0.36";
+    let upstream = fake_recursor(ip);
+    // a recursor that never answers: the next one must be asked
+    let silent = UdpSocket::bind((ip, 0)).unwrap();
+    let dir = muster_tests::TempDir::new("dns-config");
+    let file = dir.path().join("dns.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[dns]\nttl = \"30s\"\nnegative_ttl = \"7s\"\nonly_passing = true\nudp_answer_limit = 2\n\
+             recursors = [\"{}\", \"{upstream}\"]\nrecursor_timeout = \"300ms\"\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let agent = web_agent("dns-config", ip, &["--config", file.to_str().unwrap()]);
+    let dns = agent.dns();
+    for i in 0..4 {
+        register(
+            &agent,
+            &format!(
+                r#"{{"Name":"four","ID":"four-{i}","Port":80,"Address":"127.4.0.{}"}}"#,
+                i + 1
+            ),
+        );
+    }
+
+    // only_passing: the warning instance (127.0.0.99) is left out; service TTL 30s
+    let m = udp(dns, &query("web.service.local.", RecordType::A)).0;
+    assert_eq!(addrs(&m), BTreeSet::from([ip.to_string()]));
+    assert!(m.answers.iter().all(|r| r.ttl == 30));
+    // RA with recursors
+    assert!(m.metadata.recursion_available);
+    // negative TTL on the SOA
+    let m = udp(dns, &query("nothing.service.local.", RecordType::A)).0;
+    assert_negative(&m, ResponseCode::NXDomain, "local.");
+    assert_eq!(m.authorities[0].ttl, 7);
+    // udp_answer_limit = 2
+    let m = udp(dns, &query("four.service.local.", RecordType::A)).0;
+    assert_eq!(m.answers.len(), 2);
+    assert!(m.metadata.truncation);
+    // outside the domain: forwarded (past the silent recursor), over UDP and TCP
+    let q = query("example.com.", RecordType::A);
+    let m = udp(dns, &q).0;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addrs(&m), BTreeSet::from(["127.9.9.9".to_string()]));
+    assert!(m.queries[0].name().eq_case(q.queries[0].name()));
+}
+
+#[test]
+fn servfail_when_recursors_fail() {
+    let ip = "127.0.0.37";
+    let silent = UdpSocket::bind((ip, 0)).unwrap();
+    let dir = muster_tests::TempDir::new("dns-servfail");
+    let file = dir.path().join("dns.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[dns]\nrecursors = [\"{}\"]\nrecursor_timeout = \"200ms\"\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(
+        AgentSpec::dev("dns-servfail", ip).args(&["--config", file.to_str().unwrap()]),
+    );
+    let m = udp(agent.dns(), &query("example.org.", RecordType::A)).0;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(m.metadata.recursion_available);
+    let m = tcp(agent.dns(), &[query("example.org.", RecordType::AAAA)]).remove(0);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[test]
+fn tcp_connection_cap_closes_the_excess_only() {
+    let agent = Agent::start(AgentSpec::dev("dns-tcpcap", "127.0.0.38"));
+    let dns = agent.dns();
+    register(&agent, r#"{"Name":"db","ID":"db","Port":5432}"#);
+    // fill the cap (256) with idle connections that each proved they are served
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        let mut s = TcpStream::connect(dns).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let bytes = query("db.service.local.", RecordType::A).to_vec().unwrap();
+        s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut reply).unwrap();
+        held.push(s);
+    }
+    // one more: accepted by the kernel, closed by the server without an answer
+    let mut extra = TcpStream::connect(dns).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let bytes = query("db.service.local.", RecordType::A).to_vec().unwrap();
+    let _ = extra.write_all(&(bytes.len() as u16).to_be_bytes());
+    let _ = extra.write_all(&bytes);
+    let mut buf = [0u8; 2];
+    assert!(
+        !matches!(extra.read(&mut buf), Ok(n) if n > 0),
+        "a connection over the cap was served"
+    );
+    // UDP is unaffected, and closing held connections frees room for new ones
+    assert_eq!(
+        udp(dns, &query("db.service.local.", RecordType::A))
+            .0
+            .answers
+            .len(),
+        1
+    );
+    held.truncate(200);
+    let ok = muster_tests::wait_for(Duration::from_secs(10), || {
+        std::panic::catch_unwind(|| tcp(dns, &[query("db.service.local.", RecordType::A)])).is_ok()
+    });
+    assert!(ok, "no TCP service after connections were closed");
 }
