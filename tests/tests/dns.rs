@@ -289,6 +289,21 @@ fn rcodes_and_flags() {
     let mut resp = query("web.service.muster.test.", RecordType::A);
     resp.metadata.message_type = MessageType::Response;
     assert!(udp_raw(dns, &resp.to_vec().unwrap()).is_none());
+
+    // every answer above was counted by rcode
+    let text = agent.get("/v1/agent/metrics?format=prometheus").text();
+    let count = |rcode: &str| -> u64 {
+        let series = format!("muster_dns_queries_total{{rcode=\"{rcode}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("noerror") >= 3, "{text}");
+    assert!(count("nxdomain") >= 5);
+    assert!(count("refused") >= 2);
+    assert!(count("formerr") >= 3);
+    assert!(count("notimp") >= 3);
 }
 
 #[test]
