@@ -346,6 +346,10 @@ struct UdpWorker {
     runtime: tokio::runtime::Handle,
 }
 
+/// Placeholder peer for skipped datagrams (keeps `received[i]` aligned with `bufs[i]`).
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// Datagrams moved per recvmmsg/sendmmsg call.
 const UDP_BATCH: usize = 32;
 
@@ -378,8 +382,13 @@ impl UdpWorker {
                 ) {
                     Ok(results) => {
                         for m in results {
-                            if let Some(addr) = m.address {
-                                received.push((m.bytes, addr));
+                            // A datagram longer than the buffer arrives cut (MSG_TRUNC); no
+                            // real query is that long, so it is dropped rather than misread.
+                            match m.address {
+                                Some(addr) if !m.flags.contains(MsgFlags::MSG_TRUNC) => {
+                                    received.push((m.bytes, addr))
+                                }
+                                _ => received.push((0, SockaddrStorage::from(UNSPECIFIED))),
                             }
                         }
                     }
@@ -391,6 +400,9 @@ impl UdpWorker {
             replies.clear();
             peers.clear();
             for (i, (len, addr)) in received.iter().enumerate() {
+                if *len == 0 {
+                    continue;
+                }
                 let packet = &bufs[i][..(*len).min(UDP_RECV_BUF)];
                 match self.answerer.handle(packet, Transport::Udp) {
                     (Action::Reply { bytes, rcode }, _) => {

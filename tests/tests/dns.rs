@@ -469,6 +469,10 @@ fn malformed_packets_do_not_hurt_the_server() {
         // drain replies so our receive buffer never fills
         while sock.recv(&mut sink).is_ok() {}
     }
+    // a datagram longer than any query (a valid query padded past 4 KiB): dropped
+    let mut long = query("web.service.local.", RecordType::A).to_vec().unwrap();
+    long.resize(5000, 0);
+    assert!(udp_raw(dns, &long).is_none());
     // garbage over TCP: a frame that is not DNS, then a truncated frame
     for junk in [&[0u8, 5, 1, 2, 3, 4, 5][..], &[0x40, 0x00, 1, 2][..]] {
         let mut s = TcpStream::connect(dns).unwrap();
