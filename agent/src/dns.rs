@@ -404,7 +404,18 @@ impl UdpWorker {
                     continue;
                 }
                 let packet = &bufs[i][..(*len).min(UDP_RECV_BUF)];
-                match self.answerer.handle(packet, Transport::Udp) {
+                // A panic here would be a bug in the answer path; catching it keeps this
+                // socket (a share of all traffic under SO_REUSEPORT) served meanwhile.
+                let answerer = &mut self.answerer;
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answerer.handle(packet, Transport::Udp)
+                }));
+                let Ok(handled) = handled else {
+                    METRICS.dns_query("servfail", started.elapsed());
+                    self.answerer = Answerer::new(self.answerer.shared.clone());
+                    continue;
+                };
+                match handled {
                     (Action::Reply { bytes, rcode }, _) => {
                         replies.push(bytes);
                         peers.push(Some(*addr));
