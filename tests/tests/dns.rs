@@ -500,29 +500,54 @@ fn malformed_packets_do_not_hurt_the_server() {
     assert!(!agent.logs().contains("panicked"), "{}", agent.logs());
 }
 
-/// A fake upstream resolver on a loopback UDP port: answers every query with one A record
-/// (127.9.9.9) and RA set. Runs until the test process ends.
+/// The fake upstream's answer to `packet`: one A record (127.9.9.9), RA set.
+fn fake_answer(packet: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(packet).ok()?;
+    let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+    r.metadata.recursion_desired = q.metadata.recursion_desired;
+    r.metadata.recursion_available = true;
+    r.add_queries(q.queries.iter().cloned());
+    let question = q.queries.first()?;
+    r.add_answer(hickory_proto::rr::Record::from_rdata(
+        question.name().clone(),
+        60,
+        RData::A(hickory_proto::rr::rdata::A::new(127, 9, 9, 9)),
+    ));
+    r.to_vec().ok()
+}
+
+/// A fake upstream resolver on one loopback port, UDP and TCP. Runs until the test process
+/// ends.
 fn fake_recursor(ip: &str) -> SocketAddr {
-    let s = UdpSocket::bind((ip, 0)).unwrap();
-    let addr = s.local_addr().unwrap();
+    let (udp, tcp) = loop {
+        let udp = UdpSocket::bind((ip, 0)).unwrap();
+        if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+            break (udp, tcp);
+        }
+    };
+    let addr = udp.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
-        while let Ok((n, peer)) = s.recv_from(&mut buf) {
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.metadata.recursion_available = true;
-            r.add_queries(q.queries.iter().cloned());
-            if let Some(question) = q.queries.first() {
-                r.add_answer(hickory_proto::rr::Record::from_rdata(
-                    question.name().clone(),
-                    60,
-                    RData::A(hickory_proto::rr::rdata::A::new(127, 9, 9, 9)),
-                ));
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            if let Some(reply) = fake_answer(&buf[..n]) {
+                let _ = udp.send_to(&reply, peer);
             }
-            let _ = s.send_to(&r.to_vec().unwrap(), peer);
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            if let Some(reply) = fake_answer(&q) {
+                let _ = s.write_all(&(reply.len() as u16).to_be_bytes());
+                let _ = s.write_all(&reply);
+            }
         }
     });
     addr
@@ -577,6 +602,19 @@ fn dns_settings_from_config_file() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addrs(&m), BTreeSet::from(["127.9.9.9".to_string()]));
     assert!(m.queries[0].name().eq_case(q.queries[0].name()));
+    let m = tcp(dns, &[query("example.net.", RecordType::A)]).remove(0);
+    assert_eq!(addrs(&m), BTreeSet::from(["127.9.9.9".to_string()]));
+
+    // a reload applies new [dns] settings to the running listener
+    std::fs::write(&file, "[dns]\nttl = \"12s\"\n").unwrap();
+    let r = agent.put("/v1/agent/reload", "");
+    assert_eq!(r.status, 200, "reload: {}", r.text());
+    let m = udp(dns, &query("web.service.local.", RecordType::A)).0;
+    assert_eq!(addrs(&m).len(), 2, "only_passing is off again");
+    assert!(m.answers.iter().all(|r| r.ttl == 12));
+    assert!(!m.metadata.recursion_available);
+    let m = udp(dns, &query("example.com.", RecordType::A)).0;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
 }
 
 #[test]
