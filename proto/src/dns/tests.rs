@@ -941,3 +941,40 @@ fn fast_path_size_rules() {
     assert_eq!(r.additionals.len(), 100);
     assert!(!r.metadata.truncation);
 }
+
+#[test]
+fn hostname_address_is_the_srv_target_without_glue() {
+    let mut c = Catalog::new();
+    c.apply_record(
+        node(
+            "n",
+            "10.1.1.1",
+            vec![svc("ext", "ext", &[], "db.example.org", 5432)],
+            vec![],
+        ),
+        MemberStatus::Alive,
+        None,
+        0,
+    )
+    .unwrap();
+    let snap = c.snapshot();
+    let r = run_with(
+        &query("ext.service.local.", RecordType::SRV),
+        &settings(),
+        &snap,
+        Transport::Udp,
+    );
+    let RData::SRV(s) = &r.msg.answers[0].data else {
+        panic!("not SRV")
+    };
+    assert_eq!(s.target.to_ascii(), "db.example.org.");
+    assert!(r.msg.additionals.is_empty());
+    // no address to give for A: the name exists, the type does not
+    let r = run_with(
+        &query("ext.service.local.", RecordType::A),
+        &settings(),
+        &snap,
+        Transport::Udp,
+    );
+    assert_soa_only(&r.msg, ResponseCode::NoError);
+}
