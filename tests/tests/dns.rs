@@ -687,3 +687,29 @@ fn tcp_connection_cap_closes_the_excess_only() {
     });
     assert!(ok, "no TCP service after connections were closed");
 }
+
+#[test]
+fn idle_tcp_connections_are_closed() {
+    let agent = Agent::start(AgentSpec::dev("dns-idle", "127.0.0.39"));
+    let dns = agent.dns();
+    // a connection that answered once, then stays silent: the server closes it (after its
+    // 10 s idle timeout; the bound here is only a generous upper limit)
+    let mut s = TcpStream::connect(dns).unwrap();
+    let bytes = query("dns-idle.node.local.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut len = [0u8; 2];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rest = [0u8; 1];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("idle connection not closed: {other:?}"),
+    }
+}
