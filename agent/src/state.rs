@@ -12,7 +12,7 @@ use crate::store::{Store, StoredService};
 use arc_swap::ArcSwap;
 use muster_proto::catalog::Catalog;
 use muster_proto::model::{
-    Check, CheckKind, HealthStatus, MemberStatus, NodeRecord, Service, NODE_MAINTENANCE_CHECK,
+    Check, CheckKind, HealthStatus, MemberStatus, NodeRecord, NODE_MAINTENANCE_CHECK,
     SERVICE_MAINTENANCE_PREFIX,
 };
 use muster_proto::Snapshot;
@@ -294,21 +294,6 @@ impl State {
         Ok(())
     }
 
-    /// Local services with where they came from.
-    pub async fn local_services(&self) -> Vec<(Service, Source)> {
-        let w = self.writer.lock().await;
-        w.local
-            .services
-            .values()
-            .map(|s| {
-                (
-                    s.clone(),
-                    w.sources.get(&s.id).copied().unwrap_or(Source::Http),
-                )
-            })
-            .collect()
-    }
-
     /// This node's record as it stands.
     pub fn local(&self) -> Arc<NodeRecord> {
         self.local_tx.borrow().clone()
@@ -466,11 +451,6 @@ impl State {
     /// A receiver of TTL refresh announcements (for the TTL check runners).
     pub fn ttl_refreshes(&self) -> broadcast::Receiver<String> {
         self.ttl_refresh_tx.subscribe()
-    }
-
-    /// Local checks (for `/v1/agent/checks` and the check runners).
-    pub fn local_checks(&self) -> Vec<Check> {
-        self.local().checks.values().cloned().collect()
     }
 
     /// Puts a service in or out of maintenance (a critical `_service_maintenance:<id>` check).

@@ -74,11 +74,6 @@ impl Reply {
         }
     }
 
-    /// `true` with 200, as Consul answers successful writes.
-    pub fn ok_true() -> Reply {
-        Reply::json(&serde_json::Value::Bool(true))
-    }
-
     pub fn empty() -> Reply {
         Reply {
             status: StatusCode::OK,
