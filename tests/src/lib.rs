@@ -414,3 +414,38 @@ pub fn try_request(
         body,
     })
 }
+
+/// Asks `server` over UDP for the A records of `name`; returns the rcode and the addresses.
+pub fn dns_a(
+    server: SocketAddr,
+    name: &str,
+) -> (
+    hickory_proto::op::ResponseCode,
+    std::collections::BTreeSet<String>,
+) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let id: u16 = (std::process::id() as u16) ^ (DIRS.fetch_add(1, Ordering::SeqCst) as u16);
+    let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+    q.add_query(Query::query(
+        Name::from_ascii(name).expect("query name"),
+        RecordType::A,
+    ));
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind UDP client");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&q.to_vec().expect("encode query"), server)
+        .expect("send DNS query");
+    let mut buf = vec![0u8; 4096];
+    let n = s.recv(&mut buf).expect("DNS reply");
+    let m = Message::from_vec(&buf[..n]).expect("reply decodes");
+    assert_eq!(m.metadata.id, id);
+    let addrs = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    (m.metadata.response_code, addrs)
+}
