@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod consul;
 pub mod duration;
+pub mod gossip;
 pub mod model;
 pub mod validate;
 
