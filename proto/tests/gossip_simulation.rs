@@ -307,7 +307,7 @@ impl Sim {
 
     /// Notes when the update has reached everyone and when the crash has been detected.
     fn observe(&mut self) {
-        if self.now < UPDATE_AT_MS || self.seq % 512 != 0 {
+        if self.now < UPDATE_AT_MS || !self.seq.is_multiple_of(512) {
             return;
         }
         if self.converged_at.is_none()
