@@ -26,6 +26,8 @@ pub struct Shared {
     pub stop_tx: Arc<watch::Sender<Stop>>,
     /// Reload requests (SIGHUP, `PUT /v1/agent/reload`): the reply says what happened.
     pub reload_tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    /// Join and force-leave requests to the gossip task.
+    pub gossip: crate::gossip::Handle,
 }
 
 impl Shared {
@@ -118,12 +120,15 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let (gossip, gossip_commands) = crate::gossip::Handle::new();
     let shared = Shared {
         state: state.clone(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         stop_tx: Arc::new(stop_tx),
         reload_tx,
+        gossip,
     };
+    let gossip_task = crate::gossip::start(&shared, gossip_commands).await?;
 
     let http = crate::http::bind(&shared).await?;
     tracing::info!(
@@ -160,6 +165,13 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     shared.stop_tx.send_replace(Stop::Leave);
+    // Give the cluster our leave notice before the process goes away.
+    if tokio::time::timeout(crate::gossip::LEAVE_GRACE * 4, gossip_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("leave notice not confirmed sent before shutdown");
+    }
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
     tracing::info!("stopped");

@@ -193,5 +193,21 @@ pub fn load(args: &crate::cli::AgentArgs) -> Result<Config, ConfigError> {
     }
     c.log_json |= args.log_json;
     c.retry_join.extend(args.join.iter().cloned());
+    if let Some(k) = &args.encrypt {
+        c.encrypt = Some(decode_key(k).map_err(|reason| ConfigError::Value {
+            key: "encrypt".into(),
+            reason,
+        })?);
+    }
     Ok(c)
+}
+
+/// Decodes a gossip key: base64 of exactly 32 bytes (what `muster keygen` prints).
+pub fn decode_key(s: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("the key must be 32 bytes, not {}", bytes.len()))
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // removed once every module is wired (see issue notes)
 mod agent;
+mod gossip;
 mod cli;
 mod config;
 mod http;

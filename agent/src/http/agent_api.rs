@@ -5,7 +5,7 @@ use crate::config::ServiceDefinition;
 use crate::state::Source;
 use hyper::{Method, StatusCode};
 use muster_proto::consul;
-use muster_proto::model::{CheckKind, HealthStatus, NodeRecord};
+use muster_proto::model::{CheckKind, HealthStatus, MemberStatus, NodeRecord};
 use muster_proto::NodeEntry;
 use serde_json::{json, Map, Value};
 
@@ -108,6 +108,25 @@ pub async fn route(call: &Call) -> ApiResult {
         ["agent", "leave"] => {
             call.require(Method::PUT)?;
             call.shared.stop_tx.send_replace(crate::agent::Stop::Leave);
+            Ok(Reply::empty())
+        }
+        ["agent", "join", addr] => {
+            call.require(Method::PUT)?;
+            call.shared
+                .gossip
+                .join(addr)
+                .await
+                .map_err(ApiError::Internal)?;
+            Ok(Reply::empty())
+        }
+        ["agent", "force-leave", node] => {
+            call.require(Method::PUT)?;
+            let prune = call.flag("prune");
+            call.shared
+                .gossip
+                .force_leave(node, prune)
+                .await
+                .map_err(ApiError::Internal)?;
             Ok(Reply::empty())
         }
         ["agent", "reload"] => {
@@ -337,6 +356,25 @@ fn members(call: &Call) -> ApiResult {
     Ok(Reply::json(&Value::Array(list)).with_index(snap.nodes_index()))
 }
 
+/// Gossip counters in Consul's `Stats` style (string values).
+fn gossip_stats(snap: &muster_proto::Snapshot) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &crate::metrics::METRICS;
+    let count = |s: MemberStatus| snap.nodes().filter(|n| n.status == s).count().to_string();
+    json!({
+        "packets_in": m.gossip_packets_in.load(Relaxed).to_string(),
+        "packets_out": m.gossip_packets_out.load(Relaxed).to_string(),
+        "bytes_in": m.gossip_bytes_in.load(Relaxed).to_string(),
+        "bytes_out": m.gossip_bytes_out.load(Relaxed).to_string(),
+        "decrypt_failures": m.gossip_decrypt_failures.load(Relaxed).to_string(),
+        "malformed": m.gossip_malformed.load(Relaxed).to_string(),
+        "members_alive": count(MemberStatus::Alive),
+        "members_suspect": count(MemberStatus::Suspect),
+        "members_left": count(MemberStatus::Left),
+        "members_failed": count(MemberStatus::Failed),
+    })
+}
+
 fn self_info(call: &Call) -> ApiResult {
     let cfg = call.shared.config.load();
     let snap = call.shared.state.snapshot();
@@ -363,7 +401,9 @@ fn self_info(call: &Call) -> ApiResult {
         },
         "Member": member,
         "Meta": cfg.node_meta,
-        "Stats": {},
+        "Stats": {
+            "muster_gossip": gossip_stats(&snap),
+        },
     }))
     .with_index(snap.index()))
 }
