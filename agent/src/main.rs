@@ -2,9 +2,9 @@
 
 #![allow(dead_code)] // removed once every module is wired (see issue notes)
 mod agent;
-mod gossip;
 mod cli;
 mod config;
+mod gossip;
 mod http;
 mod metrics;
 mod state;

@@ -15,8 +15,7 @@ use crate::metrics::METRICS;
 use foca::{AccumulatingRuntime, Identity, Member, OwnedNotification, PostcardCodec};
 use muster_proto::gossip::message::split_record;
 use muster_proto::gossip::{
-    swim_config, CatalogBroadcasts, Delivery, GossipKey, Item, NodeId, PushPull, SharedLedger,
-    Swim,
+    swim_config, CatalogBroadcasts, Delivery, GossipKey, Item, NodeId, PushPull, SharedLedger, Swim,
 };
 use muster_proto::model::{MemberStatus, NodeRecord};
 use rand::seq::IndexedRandom;
@@ -131,7 +130,10 @@ struct View {
 
 /// Binds the gossip port (UDP and TCP), starts the tasks and returns the one that owns
 /// foca; it finishes after announcing our leave when the stop signal changes.
-pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow::Result<JoinHandle<()>> {
+pub async fn start(
+    shared: &Shared,
+    commands: mpsc::Receiver<Command>,
+) -> anyhow::Result<JoinHandle<()>> {
     let config = shared.config.load_full();
     let bind = SocketAddr::new(config.bind_addr, config.ports.gossip);
     let udp = Arc::new(
@@ -174,7 +176,12 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     let (join_tx, join_rx) = mpsc::channel(64);
     tokio::spawn(transport::udp_writer(udp.clone(), key.clone(), out_rx));
     tokio::spawn(transport::udp_reader(udp.clone(), key.clone(), in_tx));
-    tokio::spawn(serve_streams(tcp, key.clone(), inbound_tx, shared.stop_rx()));
+    tokio::spawn(serve_streams(
+        tcp,
+        key.clone(),
+        inbound_tx,
+        shared.stop_rx(),
+    ));
 
     tracing::info!(gossip = %bind, id = ?me, encrypted = key.is_some(), "gossip running");
     let mut task = Gossip {
@@ -419,7 +426,9 @@ impl Gossip {
                 if view.status != MemberStatus::Left {
                     view.status = MemberStatus::Failed;
                     tracing::warn!(node = %id.name, addr = %id.addr, "member failed");
-                    state.set_member_status(&id.name, MemberStatus::Failed).await;
+                    state
+                        .set_member_status(&id.name, MemberStatus::Failed)
+                        .await;
                 }
             }
             OwnedNotification::Rename(old, new) => {
@@ -428,7 +437,9 @@ impl Gossip {
                     if let Some(v) = self.views.get_mut(&old.name) {
                         if v.id == old && v.status.is_up() {
                             v.status = MemberStatus::Failed;
-                            state.set_member_status(&old.name, MemberStatus::Failed).await;
+                            state
+                                .set_member_status(&old.name, MemberStatus::Failed)
+                                .await;
                         }
                     }
                 }
@@ -442,7 +453,10 @@ impl Gossip {
             OwnedNotification::Active => tracing::info!("joined the cluster"),
             OwnedNotification::Idle => tracing::info!("no other live members known"),
             OwnedNotification::Rejoin(id) => {
-                tracing::warn!(boot = id.boot, "was declared down; rejoined as a new incarnation");
+                tracing::warn!(
+                    boot = id.boot,
+                    "was declared down; rejoined as a new incarnation"
+                );
                 self.me = id;
             }
             OwnedNotification::Defunct => {
@@ -515,10 +529,7 @@ impl Gossip {
             from: self.me.clone(),
             join,
             members: self.swim.iter_membership_state().cloned().collect(),
-            records: snap
-                .nodes()
-                .map(|n| (n.record.clone(), n.status))
-                .collect(),
+            records: snap.nodes().map(|n| (n.record.clone(), n.status)).collect(),
         };
         match state.encode() {
             Ok(b) => b,
@@ -558,7 +569,9 @@ impl Gossip {
             if known.is_some_and(|v| v >= record.version) {
                 continue;
             }
-            self.ledger.lock().note_version(&record.name, record.version);
+            self.ledger
+                .lock()
+                .note_version(&record.name, record.version);
             self.apply_record(record, Some(status)).await;
         }
     }
@@ -618,7 +631,12 @@ impl Gossip {
 
     /// Announces ourselves to `to` over UDP (foca accepts an announce addressed to any
     /// identity at its address) and starts a joining push-pull with it.
-    async fn join(&mut self, to: SocketAddr, reply: Option<oneshot::Sender<Result<usize, String>>>, retry: bool) {
+    async fn join(
+        &mut self,
+        to: SocketAddr,
+        reply: Option<oneshot::Sender<Result<usize, String>>>,
+        retry: bool,
+    ) {
         let mut rt = AccumulatingRuntime::new();
         let probe = NodeId::new(String::new(), to, 0);
         if let Err(e) = self.swim.announce(probe, &mut rt) {
@@ -707,7 +725,9 @@ impl Gossip {
             return Ok(());
         }
         if entry.status == MemberStatus::Alive {
-            return Err(format!("member {node:?} is alive; only failed members can be forced to leave"));
+            return Err(format!(
+                "member {node:?} is alive; only failed members can be forced to leave"
+            ));
         }
         let id = self
             .views
@@ -799,7 +819,10 @@ async fn resolve(target: &str, default_port: u16) -> Result<Vec<SocketAddr>, Str
     if let Ok(ip) = target.trim_matches(['[', ']']).parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, default_port)]);
     }
-    let with_port = if target.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if target
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         target.to_string()
     } else {
         format!("{target}:{default_port}")

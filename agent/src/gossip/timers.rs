@@ -57,7 +57,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn timers_come_out_in_deadline_then_submission_order() {
         let mut q = TimerQueue::default();
-        q.schedule(Duration::from_millis(30), Timer::PeriodicGossip(0 as TimerToken));
+        q.schedule(
+            Duration::from_millis(30),
+            Timer::PeriodicGossip(0 as TimerToken),
+        );
         q.schedule(Duration::from_millis(10), Timer::ProbeRandomMember(1));
         q.schedule(Duration::from_millis(10), Timer::PeriodicAnnounce(2));
         assert!(q.due(Instant::now()).is_empty());

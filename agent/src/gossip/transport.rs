@@ -57,11 +57,7 @@ pub async fn udp_writer(
 
 /// Reads datagrams, opens them and hands payloads to the SWIM task. When that task falls
 /// behind, datagrams are dropped (SWIM tolerates loss) rather than queued without bound.
-pub async fn udp_reader(
-    socket: Arc<UdpSocket>,
-    key: Option<GossipKey>,
-    tx: mpsc::Sender<Vec<u8>>,
-) {
+pub async fn udp_reader(socket: Arc<UdpSocket>, key: Option<GossipKey>, tx: mpsc::Sender<Vec<u8>>) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 512];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {

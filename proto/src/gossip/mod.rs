@@ -13,7 +13,7 @@ pub use envelope::{Channel, GossipKey, OpenError};
 pub use identity::NodeId;
 pub use message::{Item, MessageError, PushPull};
 
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
 /// The largest UDP datagram muster sends: below common MTUs even with IP/UDP headers.
@@ -30,6 +30,11 @@ pub fn swim_config(cluster_size: usize) -> foca::Config {
     let size =
         NonZeroU32::new(cluster_size.clamp(1, u32::MAX as usize) as u32).unwrap_or(NonZeroU32::MIN);
     let mut c = foca::Config::new_lan(size);
+    // memberlist's retransmit limit, 4 × ⌈log10(n + 1)⌉: foca's LAN profile truncates
+    // 4 × log10(n + 1) instead, which sends an update only once or twice in small clusters
+    // and lets news of a joiner die out before it reaches everyone.
+    let digits = (f64::from(size.get()) + 1.0).log10().ceil().max(1.0);
+    c.max_transmissions = NonZeroU8::new((4.0 * digits).min(255.0) as u8).unwrap_or(NonZeroU8::MIN);
     c.max_packet_size =
         NonZeroUsize::new(MAX_DATAGRAM - envelope::SEALED_OVERHEAD).unwrap_or(NonZeroUsize::MIN);
     // Identities renew themselves (boot stamps), so down members only need remembering
@@ -40,4 +45,19 @@ pub fn swim_config(cluster_size: usize) -> foca::Config {
         p.frequency = Duration::from_secs(20);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmissions_and_suspicion_grow_with_the_cluster() {
+        assert_eq!(swim_config(1).max_transmissions.get(), 4);
+        assert_eq!(swim_config(5).max_transmissions.get(), 4);
+        assert_eq!(swim_config(50).max_transmissions.get(), 8);
+        assert_eq!(swim_config(200).max_transmissions.get(), 12);
+        assert!(swim_config(200).suspect_to_down_after > swim_config(5).suspect_to_down_after);
+        assert!(swim_config(5).max_packet_size.get() + envelope::SEALED_OVERHEAD <= MAX_DATAGRAM);
+    }
 }
