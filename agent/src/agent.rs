@@ -120,7 +120,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-    let (gossip, gossip_commands) = crate::gossip::Handle::new();
+    let (gossip, gossip_commands) = crate::gossip::Handle::channel();
     let shared = Shared {
         state: state.clone(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),

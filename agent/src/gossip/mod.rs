@@ -64,7 +64,7 @@ pub struct Handle {
 
 impl Handle {
     /// A handle and the receiving end the gossip task is started with.
-    pub fn new() -> (Handle, mpsc::Receiver<Command>) {
+    pub fn channel() -> (Handle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(64);
         (Handle { tx }, rx)
     }

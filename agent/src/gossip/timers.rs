@@ -44,6 +44,7 @@ impl TimerQueue {
         out
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.timers.len()
     }

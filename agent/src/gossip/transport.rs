@@ -63,8 +63,9 @@ pub async fn udp_reader(socket: Arc<UdpSocket>, key: Option<GossipKey>, tx: mpsc
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
-                // ICMP errors surface here on some systems; keep reading.
+                // ICMP errors surface here on some systems; keep reading, but never spin.
                 tracing::trace!(error = %e, "gossip receive error");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }
         };
