@@ -128,7 +128,10 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         reload_tx,
         gossip,
     };
-    let gossip_task = crate::gossip::start(&shared, gossip_commands).await?;
+    let crate::gossip::Started {
+        task: gossip_task,
+        mut first_join,
+    } = crate::gossip::start(&shared, gossip_commands).await?;
 
     let http = crate::http::bind(&shared).await?;
     tracing::info!(
@@ -137,6 +140,19 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         "muster agent running"
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
+
+    // ---- Readiness (systemd Type=notify) ----
+    // Every listener must be bound above this point (HTTP and gossip now; DNS binds here
+    // too when it is wired): READY=1 tells systemd, and units ordered after muster,
+    // that the API and DNS answer.
+    // With `retry_join`, READY also means "has tried to reach the cluster": wait for the
+    // first join attempt (successful or not), bounded so a slow peer cannot hold us.
+    let _ = tokio::time::timeout(
+        crate::gossip::FIRST_JOIN_WAIT,
+        first_join.wait_for(|tried| *tried),
+    )
+    .await;
+    notify_ready();
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -164,6 +180,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     }
+    notify_stopping();
     shared.stop_tx.send_replace(Stop::Leave);
     // Give the cluster our leave notice before the process goes away.
     if tokio::time::timeout(crate::gossip::LEAVE_GRACE * 4, gossip_task)
@@ -178,9 +195,54 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads config files and applies their services. A bad file changes nothing.
+/// Tells systemd the agent is ready (no-op without `NOTIFY_SOCKET`).
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd (READY=1)");
+    }
+}
+
+/// Tells systemd the agent is shutting down (no-op without `NOTIFY_SOCKET`).
+fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::warn!(error = %e, "could not notify systemd (STOPPING=1)");
+    }
+}
+
+/// Re-reads config files and applies their services. A bad file changes nothing: the
+/// error is returned (and logged by the caller) and the running config stays.
 pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String> {
-    let new = config::load(args).map_err(|e| e.to_string())?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut new = match config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::metrics::METRICS
+                .reload_failures
+                .fetch_add(1, Relaxed);
+            return Err(e.to_string());
+        }
+    };
+    let old = shared.config.load_full();
+    let restart_needed = restart_only_changes(&old, &new);
+    if !restart_needed.is_empty() {
+        tracing::warn!(
+            settings = %restart_needed.join(", "),
+            "these settings changed in the files but only take effect after a restart"
+        );
+        // Keep what the running sockets, catalog and store were built with, so that
+        // /v1/agent/self and friends describe the agent as it really runs.
+        new.node_name = old.node_name.clone();
+        new.datacenter = old.datacenter.clone();
+        new.data_dir = old.data_dir.clone();
+        new.bind_addr = old.bind_addr;
+        new.advertise_addr = old.advertise_addr;
+        new.client_addr = old.client_addr;
+        new.ports = old.ports.clone();
+        new.encrypt = old.encrypt;
+        new.log_level = old.log_level.clone();
+        new.log_json = old.log_json;
+    }
+    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
     let (added, changed, removed) = shared
         .state
         .apply_config_services(new.services.clone())
@@ -189,4 +251,33 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
     Ok(format!(
         "config services: {added} added, {changed} changed, {removed} removed"
     ))
+}
+
+/// Settings a reload cannot apply to a running agent (sockets, identity, storage).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.node_name != new.node_name {
+        out.push("node_name");
+    }
+    if old.datacenter != new.datacenter {
+        out.push("datacenter");
+    }
+    if old.data_dir != new.data_dir {
+        out.push("data_dir");
+    }
+    if (old.bind_addr, old.advertise_addr, old.client_addr)
+        != (new.bind_addr, new.advertise_addr, new.client_addr)
+    {
+        out.push("addresses");
+    }
+    if old.ports != new.ports {
+        out.push("ports");
+    }
+    if old.encrypt != new.encrypt {
+        out.push("encrypt");
+    }
+    if old.log_level != new.log_level || old.log_json != new.log_json {
+        out.push("log_level");
+    }
+    out
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // removed once every module is wired (see issue notes)
 mod agent;
 mod cli;
+mod client;
 mod config;
 mod gossip;
 mod http;
@@ -14,15 +15,20 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    use cli::Command as C;
     match cli.command {
-        cli::Command::Agent(args) => agent::main(args),
-        cli::Command::Version => {
+        C::Agent(args) => agent::main(args),
+        C::Members(c) => client::finish(client::members(&c)),
+        C::Services { name, client: c } => client::finish(client::services(&c, name.as_deref())),
+        C::Register { file, client: c } => client::finish(client::register(&c, &file)),
+        C::Deregister { id, client: c } => client::finish(client::deregister(&c, &id)),
+        C::Watch { name, client: c } => client::finish(client::watch(&c, &name)),
+        C::Keygen => client::finish(client::keygen()),
+        C::Leave(c) => client::finish(client::leave(&c)),
+        C::Reload(c) => client::finish(client::reload(&c)),
+        C::Version => {
             println!("muster {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS
-        }
-        other => {
-            eprintln!("muster: command {other:?} is not available yet");
-            std::process::ExitCode::FAILURE
         }
     }
 }

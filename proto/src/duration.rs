@@ -75,16 +75,16 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h0m0s", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         let m = ms / 60_000;
         if m >= 60 {
             format!("{}h{}m0s", m / 60, m % 60)
         } else {
             format!("{m}m0s")
         }
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         let s = ms / 1000;
         if s >= 60 {
             let m = s / 60;

@@ -139,7 +139,11 @@ class Muster:
         return any(m["Name"] == f"m{victim}" and m["Status"] == 4 for m in http(ip, "GET", "/v1/agent/members"))
 
     def bytes_sent(self, alive):
-        return sum(int(http(self.ips[i], "GET", "/v1/agent/self")["Stats"]["muster_gossip"]["bytes_out"]) for i in alive)
+        total = 0
+        for i in alive:
+            counters = http(self.ips[i], "GET", "/v1/agent/metrics")["Counters"]
+            total += next(c["Sum"] for c in counters if c["Name"] == "muster.gossip.bytes_sent")
+        return total
 
     def stop(self):
         for p in self.procs:

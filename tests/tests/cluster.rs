@@ -91,12 +91,14 @@ fn all_logs(agents: &[&Agent]) -> String {
         .join("\n")
 }
 
-fn stat(a: &Agent, key: &str) -> u64 {
-    let v: Value = a.get_json("/v1/agent/self");
-    v["Stats"]["muster_gossip"][key]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no Stats.muster_gossip.{key} in {v}"))
+/// A counter from `/v1/agent/metrics` (Consul's JSON shape).
+fn counter(a: &Agent, name: &str) -> u64 {
+    let v: Value = a.get_json("/v1/agent/metrics");
+    v["Counters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["Name"] == name))
+        .and_then(|c| c["Count"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {name} in {v}"))
 }
 
 #[test]
@@ -273,13 +275,14 @@ fn an_agent_with_the_wrong_key_never_joins() {
         "agents with the same key did not form a cluster\n{}",
         all_logs(&[&seed, &good])
     );
-    let before = stat(&seed, "decrypt_failures");
+    let before = counter(&seed, "muster.gossip.decrypt_failures");
 
     let intruder = start_joined("k-bad", "127.0.0.14", &seed, &["--encrypt", wrong]);
     let plain = start_joined("k-plain", "127.0.0.15", &seed, &[]);
     // The seed counts what it could not open...
     assert!(
-        wait_for(SPREAD, || stat(&seed, "decrypt_failures") > before),
+        wait_for(SPREAD, || counter(&seed, "muster.gossip.decrypt_failures")
+            > before),
         "no failed decrypts counted"
     );
     // ...and, while both keep retrying, neither is ever a member, nor learns anything.

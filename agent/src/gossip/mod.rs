@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use timers::TimerQueue;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
@@ -40,6 +40,8 @@ const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
 pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
+/// The longest start-up waits for the first join attempt before reporting ready.
+pub const FIRST_JOIN_WAIT: Duration = Duration::from_secs(12);
 /// Push-pull exchanges served at once; more connections wait in the backlog.
 const MAX_STREAMS: usize = 16;
 
@@ -128,12 +130,17 @@ struct View {
     status: MemberStatus,
 }
 
-/// Binds the gossip port (UDP and TCP), starts the tasks and returns the one that owns
-/// foca; it finishes after announcing our leave when the stop signal changes.
-pub async fn start(
-    shared: &Shared,
-    commands: mpsc::Receiver<Command>,
-) -> anyhow::Result<JoinHandle<()>> {
+/// The running gossip task.
+pub struct Started {
+    /// Finishes after announcing our leave when the stop signal changes.
+    pub task: JoinHandle<()>,
+    /// Becomes true once the first `retry_join` attempt has finished, successful or not
+    /// (at once without `retry_join`).
+    pub first_join: watch::Receiver<bool>,
+}
+
+/// Binds the gossip port (UDP and TCP) and starts the tasks.
+pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow::Result<Started> {
     let config = shared.config.load_full();
     let bind = SocketAddr::new(config.bind_addr, config.ports.gossip);
     let udp = Arc::new(
@@ -174,6 +181,7 @@ pub async fn start(
     let (inbound_tx, inbound_rx) = mpsc::channel(MAX_STREAMS);
     let (outcome_tx, outcome_rx) = mpsc::channel(64);
     let (join_tx, join_rx) = mpsc::channel(64);
+    let (first_join_tx, first_join) = watch::channel(config.retry_join.is_empty());
     tokio::spawn(transport::udp_writer(udp.clone(), key.clone(), out_rx));
     tokio::spawn(transport::udp_reader(udp.clone(), key.clone(), in_tx));
     tokio::spawn(serve_streams(
@@ -202,11 +210,13 @@ pub async fn start(
         joined: false,
         default_port: config.ports.gossip,
         reconnect_timeout: config.reconnect_timeout,
+        first_join: first_join_tx,
     };
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         task.run(in_rx, inbound_rx, outcome_rx, commands, join_rx)
             .await
-    }))
+    });
+    Ok(Started { task, first_join })
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -285,6 +295,7 @@ struct Gossip {
     joined: bool,
     default_port: u16,
     reconnect_timeout: Duration,
+    first_join: watch::Sender<bool>,
 }
 
 impl Gossip {
@@ -604,6 +615,9 @@ impl Gossip {
     }
 
     async fn finish_exchange(&mut self, o: Outcome) {
+        if o.retry {
+            self.first_join.send_replace(true);
+        }
         match o.result {
             Ok(state) => {
                 let peer = state.from.clone();

@@ -5,7 +5,7 @@ use crate::config::ServiceDefinition;
 use crate::state::Source;
 use hyper::{Method, StatusCode};
 use muster_proto::consul;
-use muster_proto::model::{CheckKind, HealthStatus, MemberStatus, NodeRecord};
+use muster_proto::model::{CheckKind, HealthStatus, NodeRecord};
 use muster_proto::NodeEntry;
 use serde_json::{json, Map, Value};
 
@@ -128,6 +128,10 @@ pub async fn route(call: &Call) -> ApiResult {
                 .await
                 .map_err(ApiError::Internal)?;
             Ok(Reply::empty())
+        }
+        ["agent", "metrics"] => {
+            call.require(Method::GET)?;
+            metrics(call)
         }
         ["agent", "reload"] => {
             call.require(Method::PUT)?;
@@ -356,25 +360,6 @@ fn members(call: &Call) -> ApiResult {
     Ok(Reply::json(&Value::Array(list)).with_index(snap.nodes_index()))
 }
 
-/// Gossip counters in Consul's `Stats` style (string values).
-fn gossip_stats(snap: &muster_proto::Snapshot) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let m = &crate::metrics::METRICS;
-    let count = |s: MemberStatus| snap.nodes().filter(|n| n.status == s).count().to_string();
-    json!({
-        "packets_in": m.gossip_packets_in.load(Relaxed).to_string(),
-        "packets_out": m.gossip_packets_out.load(Relaxed).to_string(),
-        "bytes_in": m.gossip_bytes_in.load(Relaxed).to_string(),
-        "bytes_out": m.gossip_bytes_out.load(Relaxed).to_string(),
-        "decrypt_failures": m.gossip_decrypt_failures.load(Relaxed).to_string(),
-        "malformed": m.gossip_malformed.load(Relaxed).to_string(),
-        "members_alive": count(MemberStatus::Alive),
-        "members_suspect": count(MemberStatus::Suspect),
-        "members_left": count(MemberStatus::Left),
-        "members_failed": count(MemberStatus::Failed),
-    })
-}
-
 fn self_info(call: &Call) -> ApiResult {
     let cfg = call.shared.config.load();
     let snap = call.shared.state.snapshot();
@@ -401,9 +386,26 @@ fn self_info(call: &Call) -> ApiResult {
         },
         "Member": member,
         "Meta": cfg.node_meta,
-        "Stats": {
-            "muster_gossip": gossip_stats(&snap),
-        },
+        "Stats": {},
     }))
     .with_index(snap.index()))
+}
+
+/// `/v1/agent/metrics`: Consul's JSON, or `?format=prometheus` for the text format.
+fn metrics(call: &Call) -> ApiResult {
+    let report = crate::metrics::METRICS.report(&call.shared.state.snapshot());
+    match call.param("format") {
+        None | Some("") | Some("json") => {
+            Ok(Reply::json(&report.to_json(std::time::SystemTime::now())))
+        }
+        Some("prometheus") => Ok(Reply {
+            status: StatusCode::OK,
+            body: report.to_prometheus().into(),
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            index: None,
+        }),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "Invalid format {other:?}: json or prometheus"
+        ))),
+    }
 }

@@ -24,11 +24,14 @@ pub async fn route(call: &Call) -> ApiResult {
         }
         ["catalog", "service", name] => {
             let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
-            let list: Vec<Value> = instances(call, &snap, name)
-                .filter(|i| i.node.status.is_up())
-                .map(|i| consul::catalog_service(&i))
-                .collect();
-            Ok(Reply::json(&Value::Array(list)).with_index(idx))
+            Ok(call.cached_json(idx, || {
+                Value::Array(
+                    instances(call, &snap, name)
+                        .filter(|i| i.node.status.is_up())
+                        .map(|i| consul::catalog_service(&i))
+                        .collect(),
+                )
+            }))
         }
         ["catalog", "nodes"] => {
             let (snap, idx) = call.blocking(Snapshot::nodes_index).await?;
@@ -64,12 +67,15 @@ pub async fn route(call: &Call) -> ApiResult {
         ["health", "service", name] => {
             let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
             let passing = call.flag("passing");
-            let list: Vec<Value> = instances(call, &snap, name)
-                .filter(|i| i.node.status.is_up())
-                .filter(|i| !passing || i.health() == HealthStatus::Passing)
-                .map(|i| consul::health_entry(&i))
-                .collect();
-            Ok(Reply::json(&Value::Array(list)).with_index(idx))
+            Ok(call.cached_json(idx, || {
+                Value::Array(
+                    instances(call, &snap, name)
+                        .filter(|i| i.node.status.is_up())
+                        .filter(|i| !passing || i.health() == HealthStatus::Passing)
+                        .map(|i| consul::health_entry(&i))
+                        .collect(),
+                )
+            }))
         }
         ["health", "checks", name] => {
             let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;

@@ -6,6 +6,7 @@
 //! done here once, so every endpoint speaks the same status codes.
 
 mod agent_api;
+mod cache;
 mod catalog_api;
 
 use crate::agent::{Shared, Stop};
@@ -165,6 +166,42 @@ impl Call {
         }
     }
 
+    /// A cache key for this read: the path and every parameter that shapes the answer
+    /// (not the blocking-query or consistency ones), in a stable order.
+    pub fn cache_key(&self) -> String {
+        let mut params: Vec<(&String, &Vec<String>)> = self
+            .query
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "index" | "wait" | "stale" | "consistent" | "cached" | "token"
+                )
+            })
+            .collect();
+        params.sort();
+        format!("{:?}{:?}", self.segments, params)
+    }
+
+    /// Serves a JSON body rendered once per `index` of the answer (see `cache`).
+    pub fn cached_json(&self, index: u64, render: impl FnOnce() -> serde_json::Value) -> Reply {
+        let key = self.cache_key();
+        let body = match cache::CACHE.get(&key, index) {
+            Some(b) => b,
+            None => {
+                let b = Bytes::from(serde_json::to_vec(&render()).unwrap_or_default());
+                cache::CACHE.put(key, index, b.clone());
+                b
+            }
+        };
+        Reply {
+            status: StatusCode::OK,
+            body,
+            content_type: "application/json",
+            index: Some(index),
+        }
+    }
+
     pub fn params(&self, name: &str) -> &[String] {
         self.query.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -208,6 +245,13 @@ impl Call {
         let mut rx = state.subscribe();
         let snap = state.snapshot();
         let idx = index_of(&snap).max(1);
+        // Parameters are checked even when the answer is immediate, so a typo shows at once.
+        let wait = match self.param("wait") {
+            None => DEFAULT_WAIT,
+            Some(w) => muster_proto::duration::parse(w)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
+        }
+        .min(MAX_WAIT);
         let Some(min) = self.param("index") else {
             return Ok((snap, idx));
         };
@@ -219,12 +263,6 @@ impl Call {
         if idx > min || min > snap.index() {
             return Ok((snap, idx));
         }
-        let wait = match self.param("wait") {
-            None => DEFAULT_WAIT,
-            Some(w) => muster_proto::duration::parse(w)
-                .map_err(|e| ApiError::BadRequest(format!("Invalid wait: {e}")))?,
-        }
-        .min(MAX_WAIT);
         let jitter_ms = (wait.as_millis() as u64 / 16).max(1);
         let wait = wait + Duration::from_millis(rand::random::<u64>() % jitter_ms);
         let deadline = tokio::time::Instant::now() + wait;
@@ -401,11 +439,13 @@ async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiEr
 }
 
 async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
+    let route = route_template(req.uri().path());
     let result = prepare_and_route(req, shared.clone()).await;
     let reply = match result {
         Ok(r) => r,
         Err(e) => Reply::text(e.status(), e.to_string()),
     };
+    crate::metrics::METRICS.http_request(route, reply.status.as_u16());
     let mut resp = Response::new(Full::new(reply.body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
@@ -471,5 +511,91 @@ async fn route(call: Call) -> ApiResult {
             "no such endpoint /v1/{}",
             call.segments.join("/")
         ))),
+    }
+}
+
+/// Every route with its variable segments named, for metrics labels. Matched against the
+/// request path so that labels never carry raw ids or names (which would let clients grow
+/// the metrics without bound); a path matching none of these counts as "other".
+const ROUTE_TEMPLATES: &[&str] = &[
+    "/v1/agent/services",
+    "/v1/agent/service/register",
+    "/v1/agent/service/deregister/:id",
+    "/v1/agent/service/maintenance/:id",
+    "/v1/agent/service/:id",
+    "/v1/agent/maintenance",
+    "/v1/agent/checks",
+    "/v1/agent/check/register",
+    "/v1/agent/check/deregister/:id",
+    "/v1/agent/check/pass/:id",
+    "/v1/agent/check/warn/:id",
+    "/v1/agent/check/fail/:id",
+    "/v1/agent/check/update/:id",
+    "/v1/agent/health/service/name/:name",
+    "/v1/agent/health/service/id/:id",
+    "/v1/agent/members",
+    "/v1/agent/self",
+    "/v1/agent/join/:address",
+    "/v1/agent/force-leave/:node",
+    "/v1/agent/leave",
+    "/v1/agent/reload",
+    "/v1/agent/metrics",
+    "/v1/catalog/services",
+    "/v1/catalog/service/:service",
+    "/v1/catalog/nodes",
+    "/v1/catalog/node/:node",
+    "/v1/catalog/datacenters",
+    "/v1/health/service/:service",
+    "/v1/health/checks/:service",
+    "/v1/health/node/:node",
+    "/v1/health/state/:state",
+    "/v1/status/leader",
+    "/v1/status/peers",
+];
+
+/// The template of `path` from [`ROUTE_TEMPLATES`] (first match wins, so fixed segments
+/// listed before a `:param` at the same place take precedence), or "other".
+pub fn route_template(path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ROUTE_TEMPLATES
+        .iter()
+        .find(|t| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segs.len()
+                && ts
+                    .iter()
+                    .zip(&segs)
+                    .all(|(t, s)| t.starts_with(':') && !s.is_empty() || t == s)
+        })
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn route_templates_hide_ids() {
+        assert_eq!(
+            route_template("/v1/agent/service/web-1"),
+            "/v1/agent/service/:id"
+        );
+        assert_eq!(
+            route_template("/v1/agent/service/register"),
+            "/v1/agent/service/register"
+        );
+        assert_eq!(
+            route_template("/v1/agent/service/deregister/x"),
+            "/v1/agent/service/deregister/:id"
+        );
+        assert_eq!(
+            route_template("/v1/health/service/db"),
+            "/v1/health/service/:service"
+        );
+        assert_eq!(route_template("/v1/agent/self"), "/v1/agent/self");
+        assert_eq!(route_template("/v1/agent/service/"), "other");
+        assert_eq!(route_template("/nope/123"), "other");
+        assert_eq!(route_template("/v1/agent/service/a/b/c"), "other");
     }
 }
