@@ -160,7 +160,8 @@ class Serf:
         self.procs = []
 
     def cli(self, ip, *args):
-        return subprocess.run([SERF, *args, f"-rpc-addr={ip}:7373"], capture_output=True, text=True, timeout=10)
+        # Go flags stop at the first positional argument: -rpc-addr goes right after the command.
+        return subprocess.run([SERF, args[0], f"-rpc-addr={ip}:7373", *args[1:]], capture_output=True, text=True, timeout=10)
 
     def start(self):
         for i, ip in enumerate(self.ips):
