@@ -26,6 +26,8 @@ pub struct Shared {
     pub stop_tx: Arc<watch::Sender<Stop>>,
     /// Reload requests (SIGHUP, `PUT /v1/agent/reload`): the reply says what happened.
     pub reload_tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    /// Join and force-leave requests to the gossip task.
+    pub gossip: crate::gossip::Handle,
 }
 
 impl Shared {
@@ -118,19 +120,25 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let (gossip, gossip_commands) = crate::gossip::Handle::channel();
     let shared = Shared {
         state: state.clone(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         stop_tx: Arc::new(stop_tx),
         reload_tx,
+        gossip,
     };
-
     // Signal handlers go in before anything listens: once a client (or systemd) can see us,
     // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+
+    let crate::gossip::Started {
+        task: gossip_task,
+        mut first_join,
+    } = crate::gossip::start(&shared, gossip_commands).await?;
 
     let http = crate::http::bind(&shared).await?;
     let dns = crate::dns::bind(&shared).await?;
@@ -145,12 +153,15 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     let checks_task = crate::checks::spawn(shared.clone());
 
     // ---- Readiness (systemd Type=notify) ----
-    // Every listener must be bound above this point (HTTP and DNS now; gossip binds here
-    // too when it is wired): READY=1 tells systemd, and units ordered after muster,
-    // that the API and DNS answer.
-    // FIRST-JOIN HOOK: when `config.retry_join` is not empty, await the gossip listener's
-    // first join attempt (successful or not) here, before notify_ready(), so READY means
-    // "has tried to reach the cluster".
+    // Every listener (gossip, HTTP, DNS) is bound above this point: READY=1 tells systemd,
+    // and units ordered after muster, that the API and DNS answer.
+    // With `retry_join`, READY also means "has tried to reach the cluster": wait for the
+    // first join attempt (successful or not), bounded so a slow peer cannot hold us.
+    let _ = tokio::time::timeout(
+        crate::gossip::FIRST_JOIN_WAIT,
+        first_join.wait_for(|tried| *tried),
+    )
+    .await;
     notify_ready();
 
     let mut stop_rx = shared.stop_rx();
@@ -179,6 +190,13 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     }
     notify_stopping();
     shared.stop_tx.send_replace(Stop::Leave);
+    // Give the cluster our leave notice before the process goes away.
+    if tokio::time::timeout(crate::gossip::LEAVE_GRACE * 4, gossip_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("leave notice not confirmed sent before shutdown");
+    }
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
     let _ = dns_task.await;

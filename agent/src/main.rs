@@ -1,12 +1,12 @@
 //! `muster`: parses the command line and hands off to the agent or a client command.
 
-#![allow(dead_code)] // until the gossip branch (which uses the State gossip methods) is merged
 mod agent;
 mod checks;
 mod cli;
 mod client;
 mod config;
 mod dns;
+mod gossip;
 mod http;
 mod metrics;
 mod state;

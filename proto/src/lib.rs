@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod consul;
 pub mod dns;
 pub mod duration;
+pub mod gossip;
 pub mod model;
 pub mod validate;
 

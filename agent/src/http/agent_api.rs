@@ -110,6 +110,25 @@ pub async fn route(call: &Call) -> ApiResult {
             call.shared.stop_tx.send_replace(crate::agent::Stop::Leave);
             Ok(Reply::empty())
         }
+        ["agent", "join", addr] => {
+            call.require(Method::PUT)?;
+            call.shared
+                .gossip
+                .join(addr)
+                .await
+                .map_err(ApiError::Internal)?;
+            Ok(Reply::empty())
+        }
+        ["agent", "force-leave", node] => {
+            call.require(Method::PUT)?;
+            let prune = call.flag("prune");
+            call.shared
+                .gossip
+                .force_leave(node, prune)
+                .await
+                .map_err(ApiError::Internal)?;
+            Ok(Reply::empty())
+        }
         ["agent", "metrics"] => {
             call.require(Method::GET)?;
             metrics(call)
