@@ -4,7 +4,7 @@
 
 use crate::cli::AgentArgs;
 use crate::config::{self, Config};
-use crate::state::{Source, State};
+use crate::state::State;
 use crate::store::Store;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,12 +111,10 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         );
         state.restore(loaded).await;
     }
-    for def in config.services.clone() {
-        state
-            .register_service(def, Source::Config, true)
-            .await
-            .map_err(|e| anyhow::anyhow!("config service: {e}"))?;
-    }
+    state
+        .apply_config_services(config.services.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("config services: {e}"))?;
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
@@ -189,6 +187,9 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     notify_stopping();
+    // A reload asked for from now on is answered "shutting down" at once instead of
+    // holding its HTTP request until the drain times out.
+    drop(reload_rx);
     shared.stop_tx.send_replace(Stop::Leave);
     // Give the cluster our leave notice before the process goes away.
     if tokio::time::timeout(crate::gossip::LEAVE_GRACE * 4, gossip_task)
@@ -252,11 +253,20 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         new.log_level = old.log_level.clone();
         new.log_json = old.log_json;
     }
-    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
-    let (added, changed, removed) = shared
+    let (added, changed, removed) = match shared
         .state
         .apply_config_services(new.services.clone())
-        .await;
+        .await
+    {
+        Ok(counts) => counts,
+        Err(e) => {
+            crate::metrics::METRICS
+                .reload_failures
+                .fetch_add(1, Relaxed);
+            return Err(format!("config services not applied: {e}"));
+        }
+    };
+    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
     shared.config.store(Arc::new(new));
     Ok(format!(
         "config services: {added} added, {changed} changed, {removed} removed"

@@ -661,8 +661,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Shared, forwards: Arc<S
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
-            return;
+        // A client that stops reading must not hold its connection permit forever.
+        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         METRICS.dns_query(rcode_label(rcode), started.elapsed());
     }

@@ -93,7 +93,13 @@ pub struct Catalog {
     nodes: BTreeMap<String, Arc<NodeEntry>>,
     index: u64,
     /// Last index at which anything about instances of this service name (lowercase) changed.
+    /// Only names with instances are kept, so the map cannot grow with every name ever seen.
     name_indexes: HashMap<String, u64>,
+    /// Instances per service name (lowercase): tells when a name has none left.
+    name_counts: HashMap<String, usize>,
+    /// The index at which a name was last forgotten; the index of every name not in
+    /// `name_indexes`, so that forgetting a name never sends its index backwards.
+    pruned_floor: u64,
     /// Last index at which the set of nodes (or their addresses/status/meta) changed.
     nodes_index: u64,
     /// Last index at which the set of service names or their tags changed.
@@ -262,9 +268,11 @@ impl Catalog {
             };
             check_indexes.insert(id.clone(), idx);
         }
-        for name in touched_names {
-            self.name_indexes.insert(name, index);
+        if let Some(old) = &old {
+            self.count_names(&old.record, false);
         }
+        self.count_names(&record, true);
+        self.stamp_names(touched_names, index);
         if node_changed {
             self.nodes_index = index;
         }
@@ -313,13 +321,16 @@ impl Catalog {
         entry.status = status;
         entry.status_since_ms = now_ms;
         entry.indexes.modify = index;
-        for (id, ix) in entry.service_indexes.iter_mut() {
+        for ix in entry.service_indexes.values_mut() {
             ix.modify = index;
-            if let Some(svc) = entry.record.services.get(id) {
-                self.name_indexes
-                    .insert(svc.name.to_ascii_lowercase(), index);
-            }
         }
+        let names: Vec<String> = entry
+            .record
+            .services
+            .values()
+            .map(|svc| svc.name.to_ascii_lowercase())
+            .collect();
+        self.stamp_names(names, index);
         self.nodes_index = index;
         self.services_index = index;
         self.nodes.insert(node.to_string(), Arc::new(entry));
@@ -329,13 +340,20 @@ impl Catalog {
         })
     }
 
-    /// Records the gossip address of a member without touching anything else.
-    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) {
-        if let Some(entry) = self.nodes.get_mut(node) {
-            if entry.gossip_addr != Some(addr) {
-                Arc::make_mut(entry).gossip_addr = Some(addr);
-            }
+    /// Records the gossip address of a member; returns whether it changed (the member list
+    /// shows it, so a change moves the node-list index).
+    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) -> bool {
+        let Some(entry) = self.nodes.get(node) else {
+            return false;
+        };
+        if entry.gossip_addr == Some(addr) {
+            return false;
         }
+        let mut entry = NodeEntry::clone(entry);
+        entry.gossip_addr = Some(addr);
+        self.nodes.insert(node.to_string(), Arc::new(entry));
+        self.nodes_index = self.bump();
+        true
     }
 
     /// Forgets a node entirely (reaped after `reconnect_timeout`, or force-left).
@@ -347,15 +365,47 @@ impl Catalog {
             };
         };
         let index = self.bump();
-        for svc in entry.record.services.values() {
-            self.name_indexes
-                .insert(svc.name.to_ascii_lowercase(), index);
-        }
+        self.count_names(&entry.record, false);
+        let names: Vec<String> = entry
+            .record
+            .services
+            .values()
+            .map(|svc| svc.name.to_ascii_lowercase())
+            .collect();
+        self.stamp_names(names, index);
         self.nodes_index = index;
         self.services_index = index;
         Change {
             index,
             changed: true,
+        }
+    }
+
+    /// Adds (or takes away) the instances of `rec` from the per-name counts.
+    fn count_names(&mut self, rec: &NodeRecord, add: bool) {
+        for svc in rec.services.values() {
+            let name = svc.name.to_ascii_lowercase();
+            if add {
+                *self.name_counts.entry(name).or_insert(0) += 1;
+            } else if let Some(n) = self.name_counts.get_mut(&name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.name_counts.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Stamps `index` on each name; a name with no instances left is forgotten instead and
+    /// raises the floor that all unknown names answer with.
+    fn stamp_names(&mut self, names: impl IntoIterator<Item = String>, index: u64) {
+        for name in names {
+            if self.name_counts.contains_key(&name) {
+                self.name_indexes.insert(name, index);
+            } else {
+                self.name_indexes.remove(&name);
+                self.pruned_floor = index;
+            }
         }
     }
 
@@ -374,6 +424,7 @@ impl Catalog {
             nodes: self.nodes.clone(),
             index: self.index,
             name_indexes: self.name_indexes.clone(),
+            pruned_floor: self.pruned_floor,
             nodes_index: self.nodes_index,
             services_index: self.services_index,
             by_name,
@@ -434,6 +485,7 @@ pub struct Snapshot {
     nodes: BTreeMap<String, Arc<NodeEntry>>,
     index: u64,
     name_indexes: HashMap<String, u64>,
+    pruned_floor: u64,
     nodes_index: u64,
     services_index: u64,
     by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>>,
@@ -451,7 +503,8 @@ impl Snapshot {
         self.name_indexes
             .get(&name.to_ascii_lowercase())
             .copied()
-            .unwrap_or(1)
+            .unwrap_or(self.pruned_floor)
+            .max(1)
     }
 
     /// Index of answers about the node list.
@@ -676,6 +729,59 @@ mod tests {
         );
         assert_eq!(s.healthy_instances("web", &["v1".into()], false).count(), 0);
         assert_eq!(s.service_names().get("web").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn names_without_instances_are_forgotten_without_going_backwards() {
+        let mut c = Catalog::new();
+        c.apply_record(
+            record("a", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        let with = c.snapshot().service_index("web");
+        c.apply_record(record("a", 2, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        let s = c.snapshot();
+        assert!(s.name_indexes.is_empty(), "no name kept without instances");
+        assert!(
+            s.service_index("web") > with,
+            "index of a removed name moved forward"
+        );
+        // Many names coming and going leave nothing behind.
+        for v in 3..200u64 {
+            let name = format!("n{v}");
+            c.apply_record(
+                record("a", v, &[svc(&name, &name)]),
+                MemberStatus::Alive,
+                None,
+                0,
+            )
+            .unwrap();
+        }
+        c.apply_record(record("a", 500, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        assert!(c.name_indexes.is_empty() && c.name_counts.is_empty());
+        // Two nodes with the same name: removing one keeps the name.
+        c.apply_record(
+            record("a", 501, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        c.apply_record(
+            record("b", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        c.remove_node("b");
+        assert_eq!(c.name_counts.get("web"), Some(&1));
+        assert!(c.name_indexes.contains_key("web"));
     }
 
     #[test]

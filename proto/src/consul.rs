@@ -159,8 +159,12 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => duration::parse(s)
-                .map(|d| Some(d.as_millis() as u64))
-                .map_err(|e| ValidationError::new(self.name(names[0]), e.to_string())),
+                .map_err(|e| ValidationError::new(self.name(names[0]), e.to_string()))
+                .and_then(|d| {
+                    u64::try_from(d.as_millis()).map(Some).map_err(|_| {
+                        ValidationError::new(self.name(names[0]), format!("{s:?} is too long"))
+                    })
+                }),
             // Consul also accepts nanoseconds as a number.
             Some(Value::Number(n)) => n
                 .as_u64()
@@ -221,6 +225,16 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
         None => {}
         Some(Value::Array(items)) => defs.extend(items.iter().filter(|v| !v.is_null())),
         Some(_) => return Err(ValidationError::new("Checks", "must be a list of checks")),
+    }
+    if defs.len() > validate::MAX_CHECKS_PER_SERVICE {
+        return Err(ValidationError::new(
+            "Checks",
+            format!(
+                "{} checks, at most {} allowed",
+                defs.len(),
+                validate::MAX_CHECKS_PER_SERVICE
+            ),
+        ));
     }
     let many = defs.len() > 1;
     let mut checks = Vec::with_capacity(defs.len());
@@ -288,7 +302,9 @@ pub fn parse_check(
         })
         .unwrap_or_else(|| default_id.to_string());
     validate::id(&fname("CheckID"), &id)?;
+    validate::check_id_not_reserved(&fname("CheckID"), &id)?;
     let name = name.unwrap_or_else(|| default_name.to_string());
+    validate::text(&fname("Name"), &name, validate::MAX_CHECK_NAME_LEN)?;
     let status = match f.string(&["Status"])? {
         None => HealthStatus::Critical,
         Some(s) if s.is_empty() => HealthStatus::Critical,
@@ -399,7 +415,13 @@ pub fn parse_check(
         id,
         name,
         status,
-        notes: f.string(&["Notes"])?.unwrap_or_default(),
+        notes: match f.string(&["Notes"])? {
+            Some(n) => {
+                validate::text(&fname("Notes"), &n, crate::model::MAX_CHECK_OUTPUT)?;
+                n
+            }
+            None => String::new(),
+        },
         output: String::new(),
         service_id: f.string(&["ServiceID"])?.unwrap_or_default(),
         kind,

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Most bytes of a response body or script output kept in a check's output (Consul's 4 KiB).
-pub const MAX_OUTPUT: usize = 4096;
+pub const MAX_OUTPUT: usize = muster_proto::model::MAX_CHECK_OUTPUT;
 
 /// What a probe found.
 pub type Outcome = (HealthStatus, String);
@@ -44,16 +44,7 @@ pub fn script_status(code: Option<i32>) -> HealthStatus {
 
 /// Bytes as text for an output, cut to [`MAX_OUTPUT`] bytes on a character boundary.
 pub fn output_text(bytes: &[u8]) -> String {
-    let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)]).into_owned();
-    if s.len() > MAX_OUTPUT {
-        // Lossy decoding can grow the text (U+FFFD is 3 bytes); cut it back.
-        let mut end = MAX_OUTPUT;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
+    muster_proto::model::check_output_text(bytes)
 }
 
 // ----- HTTP -----
