@@ -238,6 +238,7 @@ impl State {
         local.meta = node_meta;
         local.version = next_version(0);
         let mut catalog = Catalog::new();
+        catalog.set_local(&node_name);
         catalog
             .apply_record(local.clone(), MemberStatus::Alive, None, 0)
             .expect("an empty catalog accepts any record");

@@ -547,23 +547,25 @@ pub fn catalog_service(i: &Instance<'_>) -> Value {
     })
 }
 
-/// The synthetic `serfHealth` check every node carries: passing while the member is up.
+/// The synthetic `serfHealth` check every node carries: passing while the member is up, or
+/// held in protect mode (then its output says the instances are the last known ones).
 pub fn serf_health(entry: &NodeEntry) -> Check {
-    let up = entry.status.is_up();
+    let (status, output) = if entry.status.is_up() {
+        (HealthStatus::Passing, "Agent alive and reachable")
+    } else if entry.stale {
+        (
+            HealthStatus::Passing,
+            "Agent unreachable; this agent lost most of its peers at once (protect mode) and serves the last known state",
+        )
+    } else {
+        (HealthStatus::Critical, "Agent not live or unreachable")
+    };
     Check {
         id: SERF_HEALTH_CHECK.into(),
         name: "Serf Health Status".into(),
-        status: if up {
-            HealthStatus::Passing
-        } else {
-            HealthStatus::Critical
-        },
+        status,
         notes: String::new(),
-        output: if up {
-            "Agent alive and reachable".into()
-        } else {
-            "Agent not live or unreachable".into()
-        },
+        output: output.into(),
         service_id: String::new(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,

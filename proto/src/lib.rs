@@ -10,6 +10,7 @@ pub mod dns;
 pub mod duration;
 pub mod gossip;
 pub mod model;
+pub mod protect;
 pub mod validate;
 
 pub use catalog::{Catalog, Instance, NodeEntry, Snapshot};

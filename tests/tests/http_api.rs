@@ -505,7 +505,11 @@ fn blocking_queries_wake_on_change_and_wait_otherwise() {
 fn ids_with_plus_reserved_check_ids_and_bounded_outputs() {
     let a = Agent::start(AgentSpec::dev("node-edge", "127.0.0.1"));
     // '+' in a path is a literal plus (only the query string treats it as a space).
-    assert_eq!(a.put("/v1/agent/service/register", &web("a+b", 80, &[])).status, 200);
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("a+b", 80, &[]))
+            .status,
+        200
+    );
     assert_eq!(a.get_json("/v1/agent/service/a+b")["ID"], "a+b");
     assert_eq!(a.put("/v1/agent/service/deregister/a+b", "").status, 200);
     // The agent's own check ids cannot be taken.
@@ -516,11 +520,15 @@ fn ids_with_plus_reserved_check_ids_and_bounded_outputs() {
         assert!(r.text().contains("Check.CheckID"), "{}", r.text());
     }
     // A check output is clipped to 4 KiB (it travels in every gossip copy of the record).
-    let body = json!({"Name": "web", "ID": "w", "Check": {"CheckID": "w-ttl", "TTL": "1h"}}).to_string();
+    let body =
+        json!({"Name": "web", "ID": "w", "Check": {"CheckID": "w-ttl", "TTL": "1h"}}).to_string();
     assert_eq!(a.put("/v1/agent/service/register", &body).status, 200);
     let huge = json!({"Status": "passing", "Output": "x".repeat(100_000)}).to_string();
     assert_eq!(a.put("/v1/agent/check/update/w-ttl", &huge).status, 200);
-    let out = a.get_json("/v1/agent/checks")["w-ttl"]["Output"].as_str().unwrap().len();
+    let out = a.get_json("/v1/agent/checks")["w-ttl"]["Output"]
+        .as_str()
+        .unwrap()
+        .len();
     assert_eq!(out, 4096);
 }
 
@@ -559,7 +567,11 @@ fn a_record_too_large_to_gossip_is_refused_whole() {
 fn a_failed_disk_write_changes_nothing() {
     let dir = TempDir::new("diskfail");
     let a = Agent::start(AgentSpec::dev("node-df", "127.0.0.1").data_dir(dir.path()));
-    assert_eq!(a.put("/v1/agent/service/register", &web("before", 1, &[])).status, 200);
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("before", 1, &[]))
+            .status,
+        200
+    );
     // Make the services directory unusable (a file in its place): writes must fail.
     let services = dir.path().join("services");
     std::fs::rename(&services, dir.path().join("services.moved")).unwrap();
@@ -571,9 +583,19 @@ fn a_failed_disk_write_changes_nothing() {
     // Nothing of either change is visible, now or after a later successful write.
     std::fs::remove_file(&services).unwrap();
     std::fs::rename(dir.path().join("services.moved"), &services).unwrap();
-    assert_eq!(a.put("/v1/agent/service/register", &web("after", 3, &[])).status, 200);
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("after", 3, &[]))
+            .status,
+        200
+    );
     let svcs = a.get_json("/v1/agent/services");
-    assert!(svcs.get("during").is_none(), "failed registration leaked: {svcs}");
-    assert!(svcs.get("before").is_some(), "failed deregistration leaked: {svcs}");
+    assert!(
+        svcs.get("during").is_none(),
+        "failed registration leaked: {svcs}"
+    );
+    assert!(
+        svcs.get("before").is_some(),
+        "failed deregistration leaked: {svcs}"
+    );
     assert!(svcs.get("after").is_some());
 }

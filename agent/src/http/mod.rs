@@ -475,7 +475,21 @@ async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
             h.insert("X-Consul-Index", v);
         }
         h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
-        h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+        // In protect mode answers carry peers' last known instances: say so, and say how
+        // old that knowledge is the way Consul says how stale a read is (LastContact, ms),
+        // so clients with a staleness limit (e.g. consul-template's max_stale) can act.
+        match shared.state.snapshot().protect_since_ms() {
+            Some(since) => {
+                let age = shared.state.now_ms().saturating_sub(since);
+                if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+                    h.insert("X-Consul-LastContact", v);
+                }
+                h.insert("X-Muster-Stale", HeaderValue::from_static("true"));
+            }
+            None => {
+                h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+            }
+        }
     }
     resp
 }

@@ -614,11 +614,7 @@ impl Ctx<'_> {
         let Ok(name) = std::str::from_utf8(name) else {
             return self.negative(ResponseCode::NXDomain);
         };
-        let Some(node) = self
-            .snapshot
-            .node_ignore_case(name)
-            .filter(|n| n.status.is_up())
-        else {
+        let Some(node) = self.snapshot.node_ignore_case(name).filter(|n| n.serving()) else {
             return self.negative(ResponseCode::NXDomain);
         };
         let owner = self.owner(None, name, "node");
