@@ -248,6 +248,10 @@ impl Sim {
                         self.flush(i, rt);
                         if self.nodes[seed].running {
                             self.push_pull(i, seed);
+                            // As the agent does: the member a joiner pushed its state to
+                            // spreads the joiner's record for it.
+                            let joiner = self.nodes[i].records[&format!("node-{i}")].clone();
+                            self.publish(seed, &joiner);
                         }
                     }
                     let first = PUSH_PULL_MS + self.net.random_range(0..PUSH_PULL_MS);

@@ -350,8 +350,20 @@ impl Gossip {
                 }
                 Some(req) = inbound.recv() => {
                     let from = req.state.from.clone();
+                    // A joiner's record reached us whole over the stream; its own
+                    // broadcasts mostly go to us too (we are all it knows), so spread it
+                    // for it, or the rest of the cluster only learns it by push-pull.
+                    let joiner = req
+                        .state
+                        .join
+                        .then(|| req.state.records.iter().find(|(r, _)| r.name == from.name))
+                        .flatten()
+                        .map(|(r, _)| r.clone());
                     self.merge(req.state).await;
                     let _ = req.reply.send(self.full_state(false));
+                    if let Some(record) = joiner {
+                        self.publish(&record).await;
+                    }
                     tracing::debug!(from = ?from, "push-pull served");
                 }
                 Some(o) = outcomes.recv() => self.finish_exchange(o).await,
@@ -376,6 +388,31 @@ impl Gossip {
 
     /// Carries out what foca asked for during one call.
     async fn flush(&mut self, mut rt: AccumulatingRuntime<NodeId>) {
+        self.send_and_schedule(&mut rt);
+        while let Some(n) = rt.to_notify() {
+            self.notified(n).await;
+        }
+        let deliveries = self.ledger.lock().drain();
+        let news = !deliveries.is_empty();
+        for d in deliveries {
+            match d {
+                Delivery::Record(r) => self.apply_record(r, None).await,
+                Delivery::Leave(id) => self.member_left(id).await,
+            }
+        }
+        if news {
+            // Forward news at once instead of waiting for the next gossip round: each hop
+            // then costs a network trip, not up to a gossip interval.
+            let mut rt = AccumulatingRuntime::new();
+            if let Err(e) = self.swim.broadcast(&mut rt) {
+                tracing::debug!(error = %e, "forwarding broadcast failed");
+            }
+            self.send_and_schedule(&mut rt);
+        }
+        self.rescale();
+    }
+
+    fn send_and_schedule(&mut self, rt: &mut AccumulatingRuntime<NodeId>) {
         while let Some((to, data)) = rt.to_send() {
             if self.out.try_send((to.addr, data.to_vec())).is_err() {
                 tracing::trace!("gossip writer busy: dropped a datagram");
@@ -384,17 +421,6 @@ impl Gossip {
         while let Some((after, timer)) = rt.to_schedule() {
             self.timers.schedule(after, timer);
         }
-        while let Some(n) = rt.to_notify() {
-            self.notified(n).await;
-        }
-        let deliveries = self.ledger.lock().drain();
-        for d in deliveries {
-            match d {
-                Delivery::Record(r) => self.apply_record(r, None).await,
-                Delivery::Leave(id) => self.member_left(id).await,
-            }
-        }
-        self.rescale();
     }
 
     /// Re-tunes SWIM (retransmissions, suspicion timeout) when the cluster size crosses a
@@ -513,7 +539,7 @@ impl Gossip {
         self.shared.state.apply_remote(record, status, addr).await;
     }
 
-    /// Spreads a new version of our own record.
+    /// Spreads a record: a new version of our own, or a joiner's we relay for it.
     async fn publish(&mut self, record: &NodeRecord) {
         let items = match split_record(record) {
             Ok(items) => items,
