@@ -169,10 +169,18 @@ impl Sim {
             }
         }
         let node = &mut self.nodes[i];
-        for d in node.ledger.lock().drain() {
+        let deliveries = node.ledger.lock().drain();
+        let news = !deliveries.is_empty();
+        for d in deliveries {
             if let Delivery::Record(r) = d {
                 apply(&mut node.records, r);
             }
+        }
+        if news {
+            // As the agent does: forward news at once.
+            let mut rt = AccumulatingRuntime::new();
+            let _ = self.nodes[i].swim.broadcast(&mut rt);
+            self.flush(i, rt);
         }
     }
 
