@@ -36,6 +36,11 @@ const PUSH_PULL_EVERY: Duration = Duration::from_secs(30);
 /// Join retries back off from this to [`JOIN_BACKOFF_MAX`].
 const JOIN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A member that SWIM reports up but whose record has not arrived by broadcast within
+/// this long is asked for it directly (a push-pull with that member).
+const RECORD_GRACE: Duration = Duration::from_millis(1500);
+/// Direct record fetches started per check, so a join storm cannot open a connection burst.
+const MAX_FETCHES: usize = 4;
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
@@ -211,6 +216,7 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
         default_port: config.ports.gossip,
         reconnect_timeout: config.reconnect_timeout,
         first_join: first_join_tx,
+        awaited: HashMap::new(),
     };
     let task = tokio::spawn(async move {
         task.run(in_rx, inbound_rx, outcome_rx, commands, join_rx)
@@ -296,6 +302,8 @@ struct Gossip {
     default_port: u16,
     reconnect_timeout: Duration,
     first_join: watch::Sender<bool>,
+    /// Members up in SWIM whose record we still lack, with when to fetch it directly.
+    awaited: HashMap<String, (NodeId, Instant)>,
 }
 
 impl Gossip {
@@ -316,6 +324,8 @@ impl Gossip {
             PUSH_PULL_EVERY,
         );
         let mut reap = tokio::time::interval(REAP_EVERY);
+        let mut fetch = tokio::time::interval(RECORD_GRACE / 3);
+        fetch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if self.retry_join.is_empty() {
             self.joined = true;
         }
@@ -376,6 +386,7 @@ impl Gossip {
                 _ = push_pull.tick() => self.push_pull_random(),
                 _ = sleep_until(join_at) => self.retry_join(),
                 _ = reap.tick() => self.reap().await,
+                _ = fetch.tick() => self.fetch_missing(),
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() != Stop::Running {
                         self.leave().await;
@@ -452,6 +463,10 @@ impl Gossip {
                 );
                 state.set_gossip_addr(&id.name, id.addr).await;
                 state.set_member_status(&id.name, MemberStatus::Alive).await;
+                if state.snapshot().node(&id.name).is_none() {
+                    self.awaited
+                        .insert(id.name.clone(), (id, Instant::now() + RECORD_GRACE));
+                }
             }
             OwnedNotification::MemberDown(id) => {
                 let Some(view) = self.views.get_mut(&id.name) else {
@@ -802,6 +817,32 @@ impl Gossip {
         let peers: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr()).collect();
         if let Some(to) = peers.choose(&mut rand::rng()).copied() {
             self.exchange(to, false, None, false);
+        }
+    }
+
+    /// Asks members whose record never arrived by broadcast for it directly. Broadcasts
+    /// reach almost everyone; this closes the gap in seconds instead of a push-pull period.
+    fn fetch_missing(&mut self) {
+        if self.awaited.is_empty() {
+            return;
+        }
+        let snap = self.shared.state.snapshot();
+        self.awaited.retain(|name, _| snap.node(name).is_none());
+        let now = Instant::now();
+        let due: Vec<NodeId> = self
+            .awaited
+            .values()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| id.clone())
+            .take(MAX_FETCHES)
+            .collect();
+        for id in due {
+            // One try per member; the periodic push-pull covers the rest.
+            self.awaited.remove(&id.name);
+            if self.swim.iter_members().any(|m| m.id() == &id) {
+                tracing::debug!(node = %id.name, "record not received by broadcast; fetching it");
+                self.exchange(id.addr, false, None, false);
+            }
         }
     }
 
