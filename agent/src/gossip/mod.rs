@@ -38,9 +38,9 @@ const JOIN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A member that SWIM reports up but whose record has not arrived by broadcast within
 /// this long is asked for it directly (a push-pull with that member).
-const RECORD_GRACE: Duration = Duration::from_millis(1500);
+const RECORD_GRACE: Duration = Duration::from_millis(500);
 /// Direct record fetches started per check, so a join storm cannot open a connection burst.
-const MAX_FETCHES: usize = 4;
+const MAX_FETCHES: usize = 8;
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
@@ -324,7 +324,7 @@ impl Gossip {
             PUSH_PULL_EVERY,
         );
         let mut reap = tokio::time::interval(REAP_EVERY);
-        let mut fetch = tokio::time::interval(RECORD_GRACE / 3);
+        let mut fetch = tokio::time::interval(RECORD_GRACE / 2);
         fetch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if self.retry_join.is_empty() {
             self.joined = true;
