@@ -41,6 +41,9 @@ const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RECORD_GRACE: Duration = Duration::from_millis(500);
 /// Direct record fetches started per check, so a join storm cannot open a connection burst.
 const MAX_FETCHES: usize = 8;
+/// After joining, one more push-pull this much later: updates broadcast while the cluster
+/// did not yet know us as a member were not sent to us.
+const SETTLE_SYNC_AFTER: Duration = Duration::from_secs(3);
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
@@ -120,6 +123,8 @@ struct Outcome {
     reply: Option<oneshot::Sender<Result<usize, String>>>,
     /// Part of `retry_join`.
     retry: bool,
+    /// A joining exchange (not anti-entropy).
+    join: bool,
 }
 
 /// A join attempt the task asked itself for (after resolving a retry_join target).
@@ -217,6 +222,7 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
         reconnect_timeout: config.reconnect_timeout,
         first_join: first_join_tx,
         awaited: HashMap::new(),
+        settle_sync: None,
     };
     let task = tokio::spawn(async move {
         task.run(in_rx, inbound_rx, outcome_rx, commands, join_rx)
@@ -304,6 +310,8 @@ struct Gossip {
     first_join: watch::Sender<bool>,
     /// Members up in SWIM whose record we still lack, with when to fetch it directly.
     awaited: HashMap<String, (NodeId, Instant)>,
+    /// When to run the post-join push-pull.
+    settle_sync: Option<Instant>,
 }
 
 impl Gossip {
@@ -650,6 +658,7 @@ impl Gossip {
                     result,
                     reply,
                     retry,
+                    join,
                 })
                 .await;
         });
@@ -667,6 +676,9 @@ impl Gossip {
                 if o.retry && !self.joined {
                     tracing::info!(peer = %o.to, "joined the cluster through retry_join");
                     self.joined = true;
+                }
+                if o.join {
+                    self.settle_sync = Some(Instant::now() + SETTLE_SYNC_AFTER);
                 }
                 if let Some(r) = o.reply {
                     let _ = r.send(Ok(1));
@@ -726,6 +738,7 @@ impl Gossip {
                                 result: Err(format!("{t}: {e}")),
                                 reply: None,
                                 retry: true,
+                                join: true,
                             })
                             .await;
                     }
@@ -823,6 +836,10 @@ impl Gossip {
     /// Asks members whose record never arrived by broadcast for it directly. Broadcasts
     /// reach almost everyone; this closes the gap in seconds instead of a push-pull period.
     fn fetch_missing(&mut self) {
+        if self.settle_sync.is_some_and(|at| at <= Instant::now()) {
+            self.settle_sync = None;
+            self.push_pull_random();
+        }
         if self.awaited.is_empty() {
             return;
         }
