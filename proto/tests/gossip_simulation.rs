@@ -169,10 +169,18 @@ impl Sim {
             }
         }
         let node = &mut self.nodes[i];
-        for d in node.ledger.lock().drain() {
+        let deliveries = node.ledger.lock().drain();
+        let news = !deliveries.is_empty();
+        for d in deliveries {
             if let Delivery::Record(r) = d {
                 apply(&mut node.records, r);
             }
+        }
+        if news {
+            // As the agent does: forward news at once.
+            let mut rt = AccumulatingRuntime::new();
+            let _ = self.nodes[i].swim.broadcast(&mut rt);
+            self.flush(i, rt);
         }
     }
 
@@ -248,6 +256,10 @@ impl Sim {
                         self.flush(i, rt);
                         if self.nodes[seed].running {
                             self.push_pull(i, seed);
+                            // As the agent does: the member a joiner pushed its state to
+                            // spreads the joiner's record for it.
+                            let joiner = self.nodes[i].records[&format!("node-{i}")].clone();
+                            self.publish(seed, &joiner);
                         }
                     }
                     let first = PUSH_PULL_MS + self.net.random_range(0..PUSH_PULL_MS);

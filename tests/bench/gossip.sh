@@ -28,7 +28,7 @@ import json, os, signal, socket, subprocess, sys, tempfile, threading, time, url
 MUSTER = os.environ["MUSTER_BIN"]
 SERF = os.environ["SERF_BIN"]
 IDLE_WINDOW = 10.0
-TIMEOUT = 60.0
+TIMEOUT = 90.0
 
 
 def now():
@@ -65,7 +65,7 @@ def wait_all(checks, timeout=TIMEOUT):
                     return
             except Exception:
                 pass
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(checks)]
     for t in threads:

@@ -36,6 +36,14 @@ const PUSH_PULL_EVERY: Duration = Duration::from_secs(30);
 /// Join retries back off from this to [`JOIN_BACKOFF_MAX`].
 const JOIN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A member that SWIM reports up but whose record has not arrived by broadcast within
+/// this long is asked for it directly (a push-pull with that member).
+const RECORD_GRACE: Duration = Duration::from_millis(500);
+/// Direct record fetches started per check, so a join storm cannot open a connection burst.
+const MAX_FETCHES: usize = 8;
+/// After joining, one more push-pull this much later: updates broadcast while the cluster
+/// did not yet know us as a member were not sent to us.
+const SETTLE_SYNC_AFTER: Duration = Duration::from_secs(3);
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
@@ -115,6 +123,8 @@ struct Outcome {
     reply: Option<oneshot::Sender<Result<usize, String>>>,
     /// Part of `retry_join`.
     retry: bool,
+    /// A joining exchange (not anti-entropy).
+    join: bool,
 }
 
 /// A join attempt the task asked itself for (after resolving a retry_join target).
@@ -211,6 +221,8 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
         default_port: config.ports.gossip,
         reconnect_timeout: config.reconnect_timeout,
         first_join: first_join_tx,
+        awaited: HashMap::new(),
+        settle_sync: None,
     };
     let task = tokio::spawn(async move {
         task.run(in_rx, inbound_rx, outcome_rx, commands, join_rx)
@@ -296,6 +308,10 @@ struct Gossip {
     default_port: u16,
     reconnect_timeout: Duration,
     first_join: watch::Sender<bool>,
+    /// Members up in SWIM whose record we still lack, with when to fetch it directly.
+    awaited: HashMap<String, (NodeId, Instant)>,
+    /// When to run the post-join push-pull.
+    settle_sync: Option<Instant>,
 }
 
 impl Gossip {
@@ -316,6 +332,8 @@ impl Gossip {
             PUSH_PULL_EVERY,
         );
         let mut reap = tokio::time::interval(REAP_EVERY);
+        let mut fetch = tokio::time::interval(RECORD_GRACE / 2);
+        fetch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if self.retry_join.is_empty() {
             self.joined = true;
         }
@@ -350,8 +368,20 @@ impl Gossip {
                 }
                 Some(req) = inbound.recv() => {
                     let from = req.state.from.clone();
+                    // A joiner's record reached us whole over the stream; its own
+                    // broadcasts mostly go to us too (we are all it knows), so spread it
+                    // for it, or the rest of the cluster only learns it by push-pull.
+                    let joiner = req
+                        .state
+                        .join
+                        .then(|| req.state.records.iter().find(|(r, _)| r.name == from.name))
+                        .flatten()
+                        .map(|(r, _)| r.clone());
                     self.merge(req.state).await;
                     let _ = req.reply.send(self.full_state(false));
+                    if let Some(record) = joiner {
+                        self.publish(&record).await;
+                    }
                     tracing::debug!(from = ?from, "push-pull served");
                 }
                 Some(o) = outcomes.recv() => self.finish_exchange(o).await,
@@ -364,6 +394,7 @@ impl Gossip {
                 _ = push_pull.tick() => self.push_pull_random(),
                 _ = sleep_until(join_at) => self.retry_join(),
                 _ = reap.tick() => self.reap().await,
+                _ = fetch.tick() => self.fetch_missing(),
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() != Stop::Running {
                         self.leave().await;
@@ -376,6 +407,31 @@ impl Gossip {
 
     /// Carries out what foca asked for during one call.
     async fn flush(&mut self, mut rt: AccumulatingRuntime<NodeId>) {
+        self.send_and_schedule(&mut rt);
+        while let Some(n) = rt.to_notify() {
+            self.notified(n).await;
+        }
+        let deliveries = self.ledger.lock().drain();
+        let news = !deliveries.is_empty();
+        for d in deliveries {
+            match d {
+                Delivery::Record(r) => self.apply_record(r, None).await,
+                Delivery::Leave(id) => self.member_left(id).await,
+            }
+        }
+        if news {
+            // Forward news at once instead of waiting for the next gossip round: each hop
+            // then costs a network trip, not up to a gossip interval.
+            let mut rt = AccumulatingRuntime::new();
+            if let Err(e) = self.swim.broadcast(&mut rt) {
+                tracing::debug!(error = %e, "forwarding broadcast failed");
+            }
+            self.send_and_schedule(&mut rt);
+        }
+        self.rescale();
+    }
+
+    fn send_and_schedule(&mut self, rt: &mut AccumulatingRuntime<NodeId>) {
         while let Some((to, data)) = rt.to_send() {
             if self.out.try_send((to.addr, data.to_vec())).is_err() {
                 tracing::trace!("gossip writer busy: dropped a datagram");
@@ -384,17 +440,6 @@ impl Gossip {
         while let Some((after, timer)) = rt.to_schedule() {
             self.timers.schedule(after, timer);
         }
-        while let Some(n) = rt.to_notify() {
-            self.notified(n).await;
-        }
-        let deliveries = self.ledger.lock().drain();
-        for d in deliveries {
-            match d {
-                Delivery::Record(r) => self.apply_record(r, None).await,
-                Delivery::Leave(id) => self.member_left(id).await,
-            }
-        }
-        self.rescale();
     }
 
     /// Re-tunes SWIM (retransmissions, suspicion timeout) when the cluster size crosses a
@@ -426,6 +471,10 @@ impl Gossip {
                 );
                 state.set_gossip_addr(&id.name, id.addr).await;
                 state.set_member_status(&id.name, MemberStatus::Alive).await;
+                if state.snapshot().node(&id.name).is_none() {
+                    self.awaited
+                        .insert(id.name.clone(), (id, Instant::now() + RECORD_GRACE));
+                }
             }
             OwnedNotification::MemberDown(id) => {
                 let Some(view) = self.views.get_mut(&id.name) else {
@@ -513,7 +562,7 @@ impl Gossip {
         self.shared.state.apply_remote(record, status, addr).await;
     }
 
-    /// Spreads a new version of our own record.
+    /// Spreads a record: a new version of our own, or a joiner's we relay for it.
     async fn publish(&mut self, record: &NodeRecord) {
         let items = match split_record(record) {
             Ok(items) => items,
@@ -609,6 +658,7 @@ impl Gossip {
                     result,
                     reply,
                     retry,
+                    join,
                 })
                 .await;
         });
@@ -626,6 +676,9 @@ impl Gossip {
                 if o.retry && !self.joined {
                     tracing::info!(peer = %o.to, "joined the cluster through retry_join");
                     self.joined = true;
+                }
+                if o.join {
+                    self.settle_sync = Some(Instant::now() + SETTLE_SYNC_AFTER);
                 }
                 if let Some(r) = o.reply {
                     let _ = r.send(Ok(1));
@@ -685,6 +738,7 @@ impl Gossip {
                                 result: Err(format!("{t}: {e}")),
                                 reply: None,
                                 retry: true,
+                                join: true,
                             })
                             .await;
                     }
@@ -776,6 +830,36 @@ impl Gossip {
         let peers: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr()).collect();
         if let Some(to) = peers.choose(&mut rand::rng()).copied() {
             self.exchange(to, false, None, false);
+        }
+    }
+
+    /// Asks members whose record never arrived by broadcast for it directly. Broadcasts
+    /// reach almost everyone; this closes the gap in seconds instead of a push-pull period.
+    fn fetch_missing(&mut self) {
+        if self.settle_sync.is_some_and(|at| at <= Instant::now()) {
+            self.settle_sync = None;
+            self.push_pull_random();
+        }
+        if self.awaited.is_empty() {
+            return;
+        }
+        let snap = self.shared.state.snapshot();
+        self.awaited.retain(|name, _| snap.node(name).is_none());
+        let now = Instant::now();
+        let due: Vec<NodeId> = self
+            .awaited
+            .values()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| id.clone())
+            .take(MAX_FETCHES)
+            .collect();
+        for id in due {
+            // One try per member; the periodic push-pull covers the rest.
+            self.awaited.remove(&id.name);
+            if self.swim.iter_members().any(|m| m.id() == &id) {
+                tracing::debug!(node = %id.name, "record not received by broadcast; fetching it");
+                self.exchange(id.addr, false, None, false);
+            }
         }
     }
 
