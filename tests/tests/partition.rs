@@ -26,12 +26,19 @@ struct Cut {
 impl Cut {
     fn isolate(victim: &str, others: &[&str]) -> Cut {
         let chain = format!("MUSTER_T{}", std::process::id());
-        assert!(iptables(&["-N", &chain]), "cannot create iptables chain {chain}");
+        assert!(
+            iptables(&["-N", &chain]),
+            "cannot create iptables chain {chain}"
+        );
         let cut = Cut { chain };
         assert!(iptables(&["-I", "INPUT", "-j", &cut.chain]));
         for o in others {
-            assert!(iptables(&["-A", &cut.chain, "-s", victim, "-d", o, "-j", "DROP"]));
-            assert!(iptables(&["-A", &cut.chain, "-s", o, "-d", victim, "-j", "DROP"]));
+            assert!(iptables(&[
+                "-A", &cut.chain, "-s", victim, "-d", o, "-j", "DROP"
+            ]));
+            assert!(iptables(&[
+                "-A", &cut.chain, "-s", o, "-d", victim, "-j", "DROP"
+            ]));
         }
         cut
     }
@@ -46,7 +53,10 @@ impl Drop for Cut {
 }
 
 fn healthy_web(a: &Agent) -> usize {
-    a.get_json("/v1/health/service/web?passing").as_array().unwrap().len()
+    a.get_json("/v1/health/service/web?passing")
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn statuses(a: &Agent) -> Vec<(String, u64)> {
@@ -55,7 +65,12 @@ fn statuses(a: &Agent) -> Vec<(String, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["Name"].as_str().unwrap().to_string(), m["Status"].as_u64().unwrap()))
+        .map(|m| {
+            (
+                m["Name"].as_str().unwrap().to_string(),
+                m["Status"].as_u64().unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -68,7 +83,9 @@ fn an_agent_cut_off_from_most_peers_keeps_serving_last_known_instances() {
     let join = seed.spec.gossip_addr();
     let mut agents = vec![seed];
     for (i, ip) in ips.iter().enumerate().skip(1) {
-        agents.push(Agent::start(AgentSpec::dev(&format!("p{i}"), ip).args(&["--join", &join])));
+        agents.push(Agent::start(
+            AgentSpec::dev(&format!("p{i}"), ip).args(&["--join", &join]),
+        ));
     }
     for (i, a) in agents.iter().enumerate() {
         let body = json!({"Name": "web", "ID": format!("web-{i}"), "Port": 8000 + i}).to_string();
@@ -96,32 +113,53 @@ fn an_agent_cut_off_from_most_peers_keeps_serving_last_known_instances() {
     }
     // p0 lost every peer at once: it declares them failed, but keeps serving what it knew.
     assert!(
-        wait_for(DETECT, || statuses(lonely).iter().filter(|(_, s)| *s == 4).count() == 3),
+        wait_for(DETECT, || statuses(lonely)
+            .iter()
+            .filter(|(_, s)| *s == 4)
+            .count()
+            == 3),
         "p0 never declared its peers failed: {:?}",
         statuses(lonely)
     );
     let r = lonely.get("/v1/health/service/web?passing");
-    assert_eq!(r.json().as_array().unwrap().len(), 4, "last known instances dropped");
+    assert_eq!(
+        r.json().as_array().unwrap().len(),
+        4,
+        "last known instances dropped"
+    );
     assert_eq!(r.header("X-Muster-Stale"), Some("true"));
-    assert!(r.header("X-Consul-LastContact").unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        r.header("X-Consul-LastContact")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     let (rcode, addrs) = dns_a(lonely.dns(), "web.service.local.");
     assert_eq!(rcode, hickory_proto::op::ResponseCode::NoError);
     assert!(!addrs.is_empty());
     // The others are not in protect mode: their answers are not marked stale.
-    assert!(rest[0].get("/v1/health/service/web").header("X-Muster-Stale").is_none());
+    assert!(rest[0]
+        .get("/v1/health/service/web")
+        .header("X-Muster-Stale")
+        .is_none());
 
     // Contact returns: everyone is alive again and nothing is stale.
     drop(cut);
     for a in &agents {
         assert!(
-            wait_for(DETECT, || statuses(a).iter().all(|(_, s)| *s == 1) && healthy_web(a) == 4),
+            wait_for(DETECT, || statuses(a).iter().all(|(_, s)| *s == 1)
+                && healthy_web(a) == 4),
             "{} did not recover after the cut healed: {:?}",
             a.spec.name,
             statuses(a)
         );
     }
     assert!(
-        wait_for(SETTLE, || lonely.get("/v1/health/service/web").header("X-Muster-Stale").is_none()),
+        wait_for(SETTLE, || lonely
+            .get("/v1/health/service/web")
+            .header("X-Muster-Stale")
+            .is_none()),
         "protect mode never ended"
     );
 }
