@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Records being reassembled at once; beyond this new ones wait for push-pull.
 pub const MAX_ASSEMBLIES: usize = 4096;
+/// Bytes held by all partial records together (parts are small, but many large partial
+/// records must not add up to gigabytes); beyond this new parts wait for push-pull.
+pub const MAX_ASSEMBLY_BYTES: usize = 64 * 1024 * 1024;
 /// Undrained deliveries kept; beyond this the oldest are dropped (push-pull repairs).
 pub const MAX_PENDING: usize = 65536;
 
@@ -70,6 +73,8 @@ struct Assembly {
     version: u64,
     parts: Vec<Option<Vec<u8>>>,
     have: usize,
+    /// Bytes of the parts received so far.
+    bytes: usize,
 }
 
 /// Which versions and leaves this member has seen, the records being reassembled, and the
@@ -79,6 +84,8 @@ pub struct Ledger {
     /// Newest complete version per node.
     versions: HashMap<String, u64>,
     assemblies: HashMap<String, Assembly>,
+    /// Bytes held by `assemblies` together (bounded by [`MAX_ASSEMBLY_BYTES`]).
+    assembly_bytes: usize,
     /// Newest boot per node whose leave was seen.
     leaves: HashMap<String, u64>,
     pending: VecDeque<Delivery>,
@@ -97,7 +104,30 @@ impl Ledger {
             .get(node)
             .is_some_and(|a| a.version <= version)
         {
-            self.assemblies.remove(node);
+            self.drop_assembly(node);
+        }
+    }
+
+    /// Removes a partial record and gives its bytes back to the budget.
+    fn drop_assembly(&mut self, node: &str) -> Option<Assembly> {
+        let a = self.assemblies.remove(node)?;
+        self.assembly_bytes = self.assembly_bytes.saturating_sub(a.bytes);
+        Some(a)
+    }
+
+    /// Forgets every node `known` says no longer exists (called when members are reaped),
+    /// so that names peers once mentioned do not pile up.
+    pub fn retain_known(&mut self, known: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .versions
+            .keys()
+            .chain(self.leaves.keys())
+            .chain(self.assemblies.keys())
+            .filter(|n| !known(n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.forget(&n);
         }
     }
 
@@ -108,7 +138,7 @@ impl Ledger {
     /// Forgets a node (reaped or force-left).
     pub fn forget(&mut self, node: &str) {
         self.versions.remove(node);
-        self.assemblies.remove(node);
+        self.drop_assembly(node);
         self.leaves.remove(node);
     }
 
@@ -174,12 +204,14 @@ impl Ledger {
                     }
                 };
                 if fresh {
+                    self.drop_assembly(&node);
                     self.assemblies.insert(
                         node.clone(),
                         Assembly {
                             version,
                             parts: vec![None; parts as usize],
                             have: 0,
+                            bytes: 0,
                         },
                     );
                 }
@@ -192,10 +224,15 @@ impl Ledger {
                 if slot.is_some() {
                     return Ok(None);
                 }
+                if self.assembly_bytes + data.len() > MAX_ASSEMBLY_BYTES {
+                    return Ok(None);
+                }
+                self.assembly_bytes += data.len();
+                a.bytes += data.len();
                 *slot = Some(data);
                 a.have += 1;
                 if a.have == a.parts.len() {
-                    if let Some(a) = self.assemblies.remove(&node) {
+                    if let Some(a) = self.drop_assembly(&node) {
                         let bytes: Vec<u8> = a.parts.into_iter().flatten().flatten().collect();
                         let record = decode_record(&bytes)?;
                         if record.name != node || record.version != version {
@@ -263,6 +300,36 @@ mod tests {
 
     fn peer() -> NodeId {
         NodeId::new("p", "127.0.0.1:1".parse().unwrap(), 1)
+    }
+
+    #[test]
+    fn partial_records_are_bounded_in_bytes_and_forgotten_when_unknown() {
+        let ledger = SharedLedger::default();
+        let mut h = CatalogBroadcasts::new(ledger.clone());
+        let p = peer();
+        // Many nodes each sending only the first part of a big record: the held bytes stop
+        // growing at the budget.
+        let big = rec("x", 400, 1);
+        let parts = split_record(&big).unwrap();
+        assert!(parts.len() > 2);
+        let mut i = 0u32;
+        loop {
+            let mut r = big.clone();
+            r.name = format!("n{i}");
+            let first = split_record(&r).unwrap().remove(0);
+            let _ = h.receive_item(&first, Some(&p));
+            i += 1;
+            let l = ledger.lock();
+            assert!(l.assembly_bytes <= MAX_ASSEMBLY_BYTES);
+            if l.assemblies.len() >= MAX_ASSEMBLIES || i > MAX_ASSEMBLIES as u32 + 10 {
+                break;
+            }
+        }
+        // Names nobody knows any more are dropped, with their bytes.
+        ledger.lock().retain_known(|n| n == "n1");
+        let l = ledger.lock();
+        assert_eq!(l.assemblies.len(), 1);
+        assert_eq!(l.assembly_bytes, l.assemblies["n1"].bytes);
     }
 
     #[test]

@@ -76,20 +76,33 @@ impl Item {
     }
 }
 
-/// Encodes a record for the wire (whole, as parts reassemble to).
-pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, MessageError> {
-    let bytes = postcard::to_allocvec(record).map_err(|e| MessageError::Decode(e.to_string()))?;
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(MessageError::TooLarge(bytes.len(), MAX_RECORD_BYTES));
+/// postcard encoding with a size cap: nothing larger than `cap` is ever produced.
+fn encode_capped<T: Serialize>(value: &T, cap: usize) -> Result<Vec<u8>, MessageError> {
+    let bytes = postcard::to_allocvec(value).map_err(|e| MessageError::Decode(e.to_string()))?;
+    if bytes.len() > cap {
+        return Err(MessageError::TooLarge(bytes.len(), cap));
     }
     Ok(bytes)
 }
 
-pub fn decode_record(bytes: &[u8]) -> Result<NodeRecord, MessageError> {
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(MessageError::TooLarge(bytes.len(), MAX_RECORD_BYTES));
+/// postcard decoding that refuses input over `cap` before looking at it.
+fn decode_capped<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    cap: usize,
+) -> Result<T, MessageError> {
+    if bytes.len() > cap {
+        return Err(MessageError::TooLarge(bytes.len(), cap));
     }
     postcard::from_bytes(bytes).map_err(|e| MessageError::Decode(e.to_string()))
+}
+
+/// Encodes a record for the wire (whole, as parts reassemble to).
+pub fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, MessageError> {
+    encode_capped(record, MAX_RECORD_BYTES)
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<NodeRecord, MessageError> {
+    decode_capped(bytes, MAX_RECORD_BYTES)
 }
 
 /// Cuts a record into encoded broadcast items, each within [`MAX_ITEM_BYTES`].
@@ -135,18 +148,15 @@ pub struct PushPull {
 
 impl PushPull {
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        let bytes = postcard::to_allocvec(self).map_err(|e| MessageError::Decode(e.to_string()))?;
-        if bytes.len() > MAX_PUSH_PULL_BYTES {
-            return Err(MessageError::TooLarge(bytes.len(), MAX_PUSH_PULL_BYTES));
-        }
-        Ok(bytes)
+        encode_capped(self, MAX_PUSH_PULL_BYTES)
     }
 
+    /// Decodes a full view. Records larger than a node may author ([`MAX_RECORD_BYTES`])
+    /// are dropped, so one oversized record cannot make our own full state unsendable.
     pub fn decode(bytes: &[u8]) -> Result<PushPull, MessageError> {
-        if bytes.len() > MAX_PUSH_PULL_BYTES {
-            return Err(MessageError::TooLarge(bytes.len(), MAX_PUSH_PULL_BYTES));
-        }
-        postcard::from_bytes(bytes).map_err(|e| MessageError::Decode(e.to_string()))
+        let mut pp: PushPull = decode_capped(bytes, MAX_PUSH_PULL_BYTES)?;
+        pp.records.retain(|(r, _)| encode_record(r).is_ok());
+        Ok(pp)
     }
 }
 
@@ -155,6 +165,28 @@ mod tests {
     use super::*;
     use crate::model::Service;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn push_pull_drops_records_too_large_to_author() {
+        let big = record_with("big", 12_000, 1);
+        assert!(
+            encode_record(&big).is_err(),
+            "the test record must be oversized"
+        );
+        let small = record_with("small", 3, 1);
+        let pp = PushPull {
+            from: NodeId::new("p", "127.0.0.1:1".parse().unwrap(), 1),
+            join: false,
+            members: vec![],
+            records: vec![
+                (big, MemberStatus::Alive),
+                (small.clone(), MemberStatus::Alive),
+            ],
+        };
+        let bytes = pp.encode().unwrap();
+        let back = PushPull::decode(&bytes).unwrap();
+        assert_eq!(back.records, vec![(small, MemberStatus::Alive)]);
+    }
 
     pub(crate) fn record_with(name: &str, services: usize, version: u64) -> NodeRecord {
         let mut r = NodeRecord::new(name, "dc1", "10.0.0.1".parse().unwrap());
