@@ -599,3 +599,31 @@ fn a_failed_disk_write_changes_nothing() {
     );
     assert!(svcs.get("after").is_some());
 }
+
+#[test]
+fn a_config_service_takes_the_place_of_an_http_one_with_the_same_id() {
+    let dir = TempDir::new("takeover");
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("svc.toml");
+    let spec = AgentSpec::dev("node-to", "127.0.0.1").data_dir(&data);
+    let a = Agent::start(spec.clone());
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("dup", 1111, &[]))
+            .status,
+        200
+    );
+    drop(a);
+    // The config file now defines the same id: it wins, and the stored HTTP copy is gone.
+    std::fs::write(
+        &cfg,
+        "[[service]]\nname = \"web\"\nid = \"dup\"\nport = 2222\n",
+    )
+    .unwrap();
+    let b = Agent::start(spec.clone().args(&["--config", cfg.to_str().unwrap()]));
+    assert_eq!(b.get_json("/v1/agent/service/dup")["Port"], 2222);
+    drop(b);
+    // Without the file the service is gone for good: the old HTTP registration does not
+    // come back from data_dir.
+    let c = Agent::start(spec);
+    assert_eq!(c.get("/v1/agent/service/dup").status, 404);
+}
