@@ -724,24 +724,37 @@ impl Gossip {
         // exchanges when nothing resolves, or as join commands when something does.
         let cmd = self.self_commands();
         tokio::spawn(async move {
+            let mut asked = 0;
+            let mut failures = Vec::new();
             for t in targets {
                 match resolve(&t, port).await {
                     Ok(addrs) => {
                         for a in addrs.into_iter().filter(|a| *a != me) {
+                            asked += 1;
                             let _ = cmd.send(JoinRequest { to: a, retry: true }).await;
                         }
                     }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Outcome {
-                                to: SocketAddr::from(([0, 0, 0, 0], port)),
-                                result: Err(format!("{t}: {e}")),
-                                reply: None,
-                                retry: true,
-                                join: true,
-                            })
-                            .await;
-                    }
+                    Err(e) => failures.push(format!("{t}: {e}")),
+                }
+            }
+            if asked == 0 {
+                // Nothing to ask (names that do not resolve, or only this node's own
+                // address): report it as a failed attempt so the retry goes on.
+                if failures.is_empty() {
+                    failures.push("retry_join lists only this node".into());
+                }
+                let _ = tx
+                    .send(Outcome {
+                        to: SocketAddr::from(([0, 0, 0, 0], port)),
+                        result: Err(failures.join("; ")),
+                        reply: None,
+                        retry: true,
+                        join: true,
+                    })
+                    .await;
+            } else {
+                for f in failures {
+                    tracing::warn!(error = %f, "join target does not resolve");
                 }
             }
         });
