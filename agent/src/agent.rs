@@ -4,7 +4,7 @@
 
 use crate::cli::AgentArgs;
 use crate::config::{self, Config};
-use crate::state::{Source, State};
+use crate::state::State;
 use crate::store::Store;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,12 +111,10 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         );
         state.restore(loaded).await;
     }
-    for def in config.services.clone() {
-        state
-            .register_service(def, Source::Config, true)
-            .await
-            .map_err(|e| anyhow::anyhow!("config service: {e}"))?;
-    }
+    state
+        .apply_config_services(config.services.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("config services: {e}"))?;
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
@@ -128,23 +126,33 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         reload_tx,
         gossip,
     };
+    // Signal handlers go in before anything listens: once a client (or systemd) can see us,
+    // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
     let crate::gossip::Started {
         task: gossip_task,
         mut first_join,
     } = crate::gossip::start(&shared, gossip_commands).await?;
 
     let http = crate::http::bind(&shared).await?;
+    let dns = crate::dns::bind(&shared).await?;
     tracing::info!(
         node = %config.node_name,
         http = %http.local_addr(),
+        dns = %dns.local_addr(),
         "muster agent running"
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
+    let dns_task = tokio::spawn(dns.serve(shared.clone()));
+    let checks_task = crate::checks::spawn(shared.clone());
 
     // ---- Readiness (systemd Type=notify) ----
-    // Every listener must be bound above this point (HTTP and gossip now; DNS binds here
-    // too when it is wired): READY=1 tells systemd, and units ordered after muster,
-    // that the API and DNS answer.
+    // Every listener (gossip, HTTP, DNS) is bound above this point: READY=1 tells systemd,
+    // and units ordered after muster, that the API and DNS answer.
     // With `retry_join`, READY also means "has tried to reach the cluster": wait for the
     // first join attempt (successful or not), bounded so a slow peer cannot hold us.
     let _ = tokio::time::timeout(
@@ -154,12 +162,10 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     .await;
     notify_ready();
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut stop_rx = shared.stop_rx();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: leaving"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: leaving"); break; }
             _ = sighup.recv() => {
                 match reload(&shared, &args).await {
@@ -181,6 +187,9 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     notify_stopping();
+    // A reload asked for from now on is answered "shutting down" at once instead of
+    // holding its HTTP request until the drain times out.
+    drop(reload_rx);
     shared.stop_tx.send_replace(Stop::Leave);
     // Give the cluster our leave notice before the process goes away.
     if tokio::time::timeout(crate::gossip::LEAVE_GRACE * 4, gossip_task)
@@ -191,6 +200,8 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     }
     // Listeners stop accepting and finish what is in flight.
     let _ = http_task.await;
+    let _ = dns_task.await;
+    let _ = checks_task.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -242,11 +253,20 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         new.log_level = old.log_level.clone();
         new.log_json = old.log_json;
     }
-    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
-    let (added, changed, removed) = shared
+    let (added, changed, removed) = match shared
         .state
         .apply_config_services(new.services.clone())
-        .await;
+        .await
+    {
+        Ok(counts) => counts,
+        Err(e) => {
+            crate::metrics::METRICS
+                .reload_failures
+                .fetch_add(1, Relaxed);
+            return Err(format!("config services not applied: {e}"));
+        }
+    };
+    crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
     shared.config.store(Arc::new(new));
     Ok(format!(
         "config services: {added} added, {changed} changed, {removed} removed"

@@ -136,7 +136,7 @@ pub fn hostname() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .and_then(|s| s.trim().split('.').next().map(str::to_string))
-        .filter(|s| check_node_name(s).is_ok())
+        .filter(|s| check_name_label(s).is_ok())
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -349,12 +349,12 @@ impl FileApplier<'_> {
             match k {
                 "node_name" => {
                     let s = self.string(k, v)?;
-                    check_node_name(&s).map_err(|r| self.err(k, r))?;
+                    check_name_label(&s).map_err(|r| self.err(k, r))?;
                     self.config.node_name = s;
                 }
                 "datacenter" => {
                     let s = self.string(k, v)?;
-                    check_datacenter(&s).map_err(|r| self.err(k, r))?;
+                    check_name_label(&s).map_err(|r| self.err(k, r))?;
                     self.config.datacenter = s;
                 }
                 "data_dir" => {
@@ -691,7 +691,7 @@ fn apply_flags(
         reason,
     };
     if let Some(n) = &args.node {
-        check_node_name(n).map_err(|r| flag("--node", r))?;
+        check_name_label(n).map_err(|r| flag("--node", r))?;
         c.node_name = n.clone();
     }
     if let Some(ip) = args.bind {
@@ -735,7 +735,7 @@ fn apply_flags(
         c.domain = normalize_domain(d).map_err(|r| flag("--domain", r))?;
     }
     if let Some(d) = &args.datacenter {
-        check_datacenter(d).map_err(|r| flag("--datacenter", r))?;
+        check_name_label(d).map_err(|r| flag("--datacenter", r))?;
         c.datacenter = d.clone();
     }
     if let Some(l) = &args.log_level {
@@ -745,23 +745,9 @@ fn apply_flags(
     Ok(())
 }
 
-/// A node name: it is a DNS label under `node.<domain>`, so 1–63 of `[A-Za-z0-9_-]`.
-fn check_node_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 63 {
-        return Err(format!("{s:?} must be 1-63 characters"));
-    }
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        Some(bad) => Err(format!(
-            "{s:?} contains {bad:?}; only letters, digits, '-' and '_' are allowed"
-        )),
-        None => Ok(()),
-    }
-}
-
-fn check_datacenter(s: &str) -> Result<(), String> {
+/// A node name or datacenter: both appear as DNS labels (`NODE.node.<domain>`), so
+/// 1–63 of `[A-Za-z0-9_-]`.
+fn check_name_label(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err(format!("{s:?} must be 1-63 characters"));
     }

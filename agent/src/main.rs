@@ -1,10 +1,11 @@
 //! `muster`: parses the command line and hands off to the agent or a client command.
 
-#![allow(dead_code)] // removed once every module is wired (see issue notes)
 mod agent;
+mod checks;
 mod cli;
 mod client;
 mod config;
+mod dns;
 mod gossip;
 mod http;
 mod metrics;

@@ -293,6 +293,13 @@ impl Metrics {
             });
         }
         gauges.push(Series {
+            name: "muster.protect_mode",
+            help: "1 while this agent serves peers' last known instances after losing most of them at once.",
+            labels: vec![],
+            value: if snap.protect_since_ms().is_some() { 1.0 } else { 0.0 },
+            count: 1,
+        });
+        gauges.push(Series {
             name: "muster.catalog.index",
             help: "The catalog's current index (X-Consul-Index).",
             labels: vec![],

@@ -11,16 +11,17 @@ use crate::config::ServiceDefinition;
 use crate::store::{Store, StoredService};
 use arc_swap::ArcSwap;
 use muster_proto::catalog::Catalog;
+use muster_proto::gossip::message::encode_record;
 use muster_proto::model::{
-    Check, CheckKind, HealthStatus, MemberStatus, NodeRecord, Service, NODE_MAINTENANCE_CHECK,
-    SERVICE_MAINTENANCE_PREFIX,
+    check_output_text, Check, CheckKind, HealthStatus, MemberStatus, NodeRecord,
+    NODE_MAINTENANCE_CHECK, SERVICE_MAINTENANCE_PREFIX,
 };
 use muster_proto::Snapshot;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{broadcast, watch, Mutex};
 
 /// Where a local service came from: config files are re-applied on reload and never
 /// written to `data_dir`; HTTP registrations are persisted and untouched by reload.
@@ -45,12 +46,148 @@ pub enum StateError {
 
 struct Writer {
     catalog: Catalog,
-    /// This node's authoritative record.
-    local: NodeRecord,
+    local: Local,
+    store: Option<Arc<Store>>,
+}
+
+/// This node's own state: its authoritative record plus what only this agent needs to
+/// know about it (where each service came from, maintenance reasons).
+#[derive(Clone, Debug, PartialEq)]
+struct Local {
+    record: NodeRecord,
     sources: HashMap<String, Source>,
     /// Service id → maintenance reason.
     maintenance: HashMap<String, String>,
-    store: Option<Arc<Store>>,
+}
+
+/// A file in `data_dir` that a local change touched.
+enum Persist {
+    /// The file of an HTTP-registered service (with its checks and maintenance).
+    Service(String),
+    /// The file of a node-level check.
+    NodeCheck(String),
+}
+
+impl Persist {
+    /// The file a check lives in: its service's, or its own for a node-level check.
+    fn of_check(service_id: &str, check_id: &str) -> Persist {
+        if service_id.is_empty() {
+            Persist::NodeCheck(check_id.to_string())
+        } else {
+            Persist::Service(service_id.to_string())
+        }
+    }
+}
+
+/// What to do to one file so that it matches the local state.
+enum FileJob {
+    SaveService(StoredService),
+    RemoveService(String),
+    SaveCheck(Check),
+    RemoveCheck(String),
+}
+
+impl FileJob {
+    fn run(self, store: &Store) -> std::io::Result<()> {
+        match self {
+            FileJob::SaveService(s) => store.save_service(&s),
+            FileJob::RemoveService(id) => store.remove_service(&id),
+            FileJob::SaveCheck(c) => store.save_check(&c),
+            FileJob::RemoveCheck(id) => store.remove_check(&id),
+        }
+    }
+}
+
+impl Local {
+    /// The file job that makes `data_dir` agree with this state for `what`. Only HTTP
+    /// services are stored; a service that is gone, or now comes from a config file,
+    /// has its file removed.
+    fn file_job(&self, what: &Persist) -> FileJob {
+        match what {
+            Persist::Service(id) => match self.record.services.get(id) {
+                Some(service) if self.sources.get(id) == Some(&Source::Http) => {
+                    let checks = self
+                        .record
+                        .checks
+                        .values()
+                        .filter(|c| {
+                            &c.service_id == id && !c.id.starts_with(SERVICE_MAINTENANCE_PREFIX)
+                        })
+                        .cloned()
+                        .collect();
+                    FileJob::SaveService(StoredService::new(
+                        service.clone(),
+                        checks,
+                        self.maintenance.get(id).cloned(),
+                    ))
+                }
+                _ => FileJob::RemoveService(id.clone()),
+            },
+            Persist::NodeCheck(id) => match self.record.checks.get(id) {
+                Some(c) if c.service_id.is_empty() => FileJob::SaveCheck(c.clone()),
+                _ => FileJob::RemoveCheck(id.clone()),
+            },
+        }
+    }
+
+    /// Adds or replaces a service with its checks (see `State::register_service`).
+    fn put_service(&mut self, def: ServiceDefinition, source: Source, replace_checks: bool) {
+        let id = def.service.id.clone();
+        if replace_checks {
+            let keep: Vec<&str> = def.checks.iter().map(|c| c.id.as_str()).collect();
+            self.record.checks.retain(|cid, c| {
+                c.service_id != id
+                    || keep.contains(&cid.as_str())
+                    || cid.starts_with(SERVICE_MAINTENANCE_PREFIX)
+            });
+        }
+        for mut check in def.checks {
+            check.service_id = id.clone();
+            self.put_check(check);
+        }
+        self.record.services.insert(id.clone(), def.service);
+        self.sources.insert(id, source);
+    }
+
+    /// Adds or replaces a check; one with the same definition keeps its current status.
+    fn put_check(&mut self, mut check: Check) {
+        if let Some(old) = self.record.checks.get(&check.id) {
+            if old.kind == check.kind && old.service_id == check.service_id {
+                check.status = old.status;
+                check.output = old.output.clone();
+            }
+        }
+        self.record.checks.insert(check.id.clone(), check);
+    }
+
+    /// Removes a service with its checks and maintenance state; false if it was not there.
+    fn remove_service(&mut self, id: &str) -> bool {
+        if self.record.services.remove(id).is_none() {
+            return false;
+        }
+        self.record.checks.retain(|_, c| c.service_id != id);
+        self.maintenance.remove(id);
+        self.sources.remove(id);
+        true
+    }
+
+    /// Whether `def` is exactly what is registered (service and check definitions).
+    fn defines(&self, def: &ServiceDefinition) -> bool {
+        let id = &def.service.id;
+        let existing: Vec<&Check> = self
+            .record
+            .checks
+            .values()
+            .filter(|c| &c.service_id == id && !c.id.starts_with(SERVICE_MAINTENANCE_PREFIX))
+            .collect();
+        self.record.services.get(id) == Some(&def.service)
+            && existing.len() == def.checks.len()
+            && def.checks.iter().all(|c| {
+                existing
+                    .iter()
+                    .any(|e| e.id == c.id && e.kind == c.kind && e.name == c.name)
+            })
+    }
 }
 
 /// Shared handle to the agent's state. Cheap to clone through `Arc`.
@@ -61,18 +198,33 @@ pub struct State {
     local_tx: watch::Sender<Arc<NodeRecord>>,
     writer: Mutex<Writer>,
     started: Instant,
+    /// Ids of TTL checks refreshed through the API. A refresh that repeats the current
+    /// status and output changes nothing in the record (`update_check` returns false), yet
+    /// it must still restart the check's TTL timer, so the TTL runners listen here.
+    ttl_refresh_tx: broadcast::Sender<String>,
 }
+
+/// How many TTL refreshes may queue for a slow runner before it sees `Lagged` (it then
+/// treats the gap as a refresh of its own check: see `checks`).
+const TTL_REFRESH_BACKLOG: usize = 1024;
 
 /// A fresh record version: above the last one, and above any version a previous run of
 /// this node could have used (wall-clock microseconds), so a restarted node's record always
 /// replaces what peers remember of it.
 fn next_version(prev: u64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    now.max(prev + 1)
+    wall_clock_micros().max(prev.saturating_add(1))
 }
+
+fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How far ahead of our clock a peer's copy of our own record may be (clock skew between
+/// this run and an earlier one) before it is refused: one day.
+const FUTURE_VERSION_SLACK_MICROS: u64 = 86_400_000_000;
 
 impl State {
     pub fn new(
@@ -86,6 +238,7 @@ impl State {
         local.meta = node_meta;
         local.version = next_version(0);
         let mut catalog = Catalog::new();
+        catalog.set_local(&node_name);
         catalog
             .apply_record(local.clone(), MemberStatus::Alive, None, 0)
             .expect("an empty catalog accepts any record");
@@ -99,12 +252,15 @@ impl State {
             local_tx,
             writer: Mutex::new(Writer {
                 catalog,
-                local,
-                sources: HashMap::new(),
-                maintenance: HashMap::new(),
+                local: Local {
+                    record: local,
+                    sources: HashMap::new(),
+                    maintenance: HashMap::new(),
+                },
                 store: store.map(Arc::new),
             }),
             started: Instant::now(),
+            ttl_refresh_tx: broadcast::channel(TTL_REFRESH_BACKLOG).0,
         })
     }
 
@@ -137,92 +293,68 @@ impl State {
 
     /// Re-stamps the local record, applies it to the catalog and publishes it.
     fn commit_local(&self, w: &mut Writer) {
-        w.local.version = next_version(w.local.version);
+        w.local.record.version = next_version(w.local.record.version);
         let now = self.now_ms();
-        if let Err(e) = w
-            .catalog
-            .apply_record(w.local.clone(), MemberStatus::Alive, None, now)
+        if let Err(e) =
+            w.catalog
+                .apply_record(w.local.record.clone(), MemberStatus::Alive, None, now)
         {
             tracing::error!(error = %e, "local record refused by catalog");
         }
-        self.local_tx.send_replace(Arc::new(w.local.clone()));
+        self.local_tx.send_replace(Arc::new(w.local.record.clone()));
         self.publish(w);
     }
 
-    fn stored(w: &Writer, id: &str) -> Option<StoredService> {
-        let service = w.local.services.get(id)?.clone();
-        let checks = w
-            .local
-            .checks
-            .values()
-            .filter(|c| c.service_id == id && !c.id.starts_with(SERVICE_MAINTENANCE_PREFIX))
-            .cloned()
-            .collect();
-        Some(StoredService::new(
-            service,
-            checks,
-            w.maintenance.get(id).cloned(),
-        ))
-    }
-
-    /// Persists the service `id` (if HTTP-registered and a store exists). Blocking I/O runs
-    /// off the async threads; the writer lock is held so files are written in change order.
-    async fn persist_service(w: &Writer, id: &str) -> Result<(), StateError> {
-        let Some(store) = w.store.clone() else {
-            return Ok(());
-        };
-        if w.sources.get(id) != Some(&Source::Http) {
-            return Ok(());
+    /// Applies one local change as a transaction: `change` edits a copy of the local state
+    /// and names the files it touched; the copy must still fit in a gossip record, its files
+    /// are written (and fsynced) to `data_dir`, and only then does it become the state and
+    /// get published. On any error nothing has changed, in memory or on disk.
+    async fn change_local<T>(
+        &self,
+        change: impl FnOnce(&mut Local) -> Result<(T, Vec<Persist>), StateError>,
+    ) -> Result<T, StateError> {
+        let mut w = self.writer.lock().await;
+        let mut next = w.local.clone();
+        let (out, touched) = change(&mut next)?;
+        if next == w.local {
+            return Ok(out);
         }
-        let stored = Self::stored(w, id);
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || match stored {
-            Some(s) => store.save_service(&s),
-            None => store.remove_service(&id),
-        })
-        .await
-        .map_err(|e| StateError::Persist(std::io::Error::other(e)))??;
-        Ok(())
-    }
-
-    async fn persist_node_check(
-        w: &Writer,
-        check: Option<&Check>,
-        id: &str,
-    ) -> Result<(), StateError> {
-        let Some(store) = w.store.clone() else {
-            return Ok(());
-        };
-        let check = check.cloned();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || match check {
-            Some(c) => store.save_check(&c),
-            None => store.remove_check(&id),
-        })
-        .await
-        .map_err(|e| StateError::Persist(std::io::Error::other(e)))??;
-        Ok(())
+        if let Err(e) = encode_record(&next.record) {
+            return Err(StateError::Invalid(format!(
+                "refused: this node's record would no longer fit in gossip ({e}); remove services or checks first"
+            )));
+        }
+        if let Some(store) = w.store.clone() {
+            let jobs: Vec<FileJob> = touched.iter().map(|t| next.file_job(t)).collect();
+            tokio::task::spawn_blocking(move || jobs.into_iter().try_for_each(|j| j.run(&store)))
+                .await
+                .map_err(|e| StateError::Persist(std::io::Error::other(e)))??;
+        }
+        w.local = next;
+        self.commit_local(&mut w);
+        Ok(out)
     }
 
     /// Restores what `data_dir` holds (called once at start, before listeners open).
     pub async fn restore(&self, loaded: crate::store::Loaded) {
         let mut w = self.writer.lock().await;
+        let l = &mut w.local;
         for s in loaded.services {
             let id = s.service.id.clone();
-            w.sources.insert(id.clone(), Source::Http);
+            l.sources.insert(id.clone(), Source::Http);
             for c in s.checks {
-                w.local.checks.insert(c.id.clone(), c);
+                l.record.checks.insert(c.id.clone(), c);
             }
             if let Some(reason) = s.maintenance {
-                w.local
+                l.record
                     .checks
                     .insert(maintenance_id(&id), maintenance_check(&id, &reason));
-                w.maintenance.insert(id.clone(), reason);
+                l.maintenance.insert(id.clone(), reason);
             }
-            w.local.services.insert(id, s.service);
+            l.record.services.insert(id, s.service);
         }
         for c in loaded.checks {
-            w.local.checks.insert(c.id.clone(), c);
+            l.record.checks.insert(c.id.clone(), c);
         }
         self.commit_local(&mut w);
     }
@@ -236,68 +368,23 @@ impl State {
         source: Source,
         replace_checks: bool,
     ) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        let id = def.service.id.clone();
-        if replace_checks {
-            let keep: Vec<&str> = def.checks.iter().map(|c| c.id.as_str()).collect();
-            w.local.checks.retain(|cid, c| {
-                c.service_id != id
-                    || keep.contains(&cid.as_str())
-                    || cid.starts_with(SERVICE_MAINTENANCE_PREFIX)
-            });
-        }
-        for mut check in def.checks {
-            check.service_id = id.clone();
-            if let Some(old) = w.local.checks.get(&check.id) {
-                if old.kind == check.kind && old.service_id == check.service_id {
-                    check.status = old.status;
-                    check.output = old.output.clone();
-                }
-            }
-            w.local.checks.insert(check.id.clone(), check);
-        }
-        w.local.services.insert(id.clone(), def.service);
-        w.sources.insert(id.clone(), source);
-        Self::persist_service(&w, &id).await?;
-        self.commit_local(&mut w);
-        Ok(())
+        self.change_local(|l| {
+            let id = def.service.id.clone();
+            l.put_service(def, source, replace_checks);
+            Ok(((), vec![Persist::Service(id)]))
+        })
+        .await
     }
 
     /// Removes a local service and its checks.
     pub async fn deregister_service(&self, id: &str) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        if w.local.services.remove(id).is_none() {
-            return Err(StateError::UnknownService(id.to_string()));
-        }
-        w.local.checks.retain(|_, c| c.service_id != id);
-        w.maintenance.remove(id);
-        let was_http = w.sources.get(id) == Some(&Source::Http);
-        if was_http {
-            if let Some(store) = w.store.clone() {
-                let sid = id.to_string();
-                tokio::task::spawn_blocking(move || store.remove_service(&sid))
-                    .await
-                    .map_err(|e| StateError::Persist(std::io::Error::other(e)))??;
+        self.change_local(|l| {
+            if !l.remove_service(id) {
+                return Err(StateError::UnknownService(id.to_string()));
             }
-        }
-        w.sources.remove(id);
-        self.commit_local(&mut w);
-        Ok(())
-    }
-
-    /// Local services with where they came from.
-    pub async fn local_services(&self) -> Vec<(Service, Source)> {
-        let w = self.writer.lock().await;
-        w.local
-            .services
-            .values()
-            .map(|s| {
-                (
-                    s.clone(),
-                    w.sources.get(&s.id).copied().unwrap_or(Source::Http),
-                )
-            })
-            .collect()
+            Ok(((), vec![Persist::Service(id.to_string())]))
+        })
+        .await
     }
 
     /// This node's record as it stands.
@@ -306,149 +393,123 @@ impl State {
     }
 
     /// Makes the config-file services exactly `defs`: adds, changes and removes config
-    /// services; HTTP registrations are left alone. Returns (added, changed, removed).
+    /// services; HTTP registrations are left alone, except that a config service with the
+    /// same id takes the place of an HTTP one (and its stored file is removed).
+    /// Returns (added, changed, removed).
     pub async fn apply_config_services(
         &self,
         defs: Vec<ServiceDefinition>,
-    ) -> (usize, usize, usize) {
-        let mut w = self.writer.lock().await;
-        let (mut added, mut changed, mut removed) = (0, 0, 0);
-        let wanted: HashMap<String, ServiceDefinition> = defs
-            .into_iter()
-            .map(|d| (d.service.id.clone(), d))
-            .collect();
-        let current: Vec<String> = w
-            .sources
-            .iter()
-            .filter(|(_, s)| **s == Source::Config)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in current {
-            if !wanted.contains_key(&id) {
-                w.local.services.remove(&id);
-                w.local.checks.retain(|_, c| c.service_id != id);
-                w.sources.remove(&id);
+    ) -> Result<(usize, usize, usize), StateError> {
+        self.change_local(|l| {
+            let (mut added, mut changed, mut removed) = (0, 0, 0);
+            let mut touched = Vec::new();
+            let wanted: HashMap<String, ServiceDefinition> = defs
+                .into_iter()
+                .map(|d| (d.service.id.clone(), d))
+                .collect();
+            let current: Vec<String> = l
+                .sources
+                .iter()
+                .filter(|(id, s)| **s == Source::Config && !wanted.contains_key(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in current {
+                l.remove_service(&id);
+                touched.push(Persist::Service(id));
                 removed += 1;
             }
-        }
-        for (id, def) in wanted {
-            let existing_checks: Vec<Check> = w
-                .local
-                .checks
-                .values()
-                .filter(|c| c.service_id == id && !c.id.starts_with(SERVICE_MAINTENANCE_PREFIX))
-                .cloned()
-                .collect();
-            let same = w.local.services.get(&id) == Some(&def.service)
-                && existing_checks.len() == def.checks.len()
-                && def.checks.iter().all(|c| {
-                    existing_checks
-                        .iter()
-                        .any(|e| e.id == c.id && e.kind == c.kind && e.name == c.name)
-                });
-            if same && w.sources.get(&id) == Some(&Source::Config) {
-                continue;
-            }
-            if w.local.services.contains_key(&id) {
-                changed += 1;
-            } else {
-                added += 1;
-            }
-            w.local
-                .checks
-                .retain(|cid, c| c.service_id != id || cid.starts_with(SERVICE_MAINTENANCE_PREFIX));
-            for mut check in def.checks {
-                check.service_id = id.clone();
-                if let Some(old) = existing_checks
-                    .iter()
-                    .find(|o| o.id == check.id && o.kind == check.kind)
-                {
-                    check.status = old.status;
-                    check.output = old.output.clone();
+            for (id, def) in wanted {
+                if l.sources.get(&id) == Some(&Source::Config) && l.defines(&def) {
+                    continue;
                 }
-                w.local.checks.insert(check.id.clone(), check);
+                if l.record.services.contains_key(&id) {
+                    changed += 1;
+                } else {
+                    added += 1;
+                }
+                l.put_service(def, Source::Config, true);
+                touched.push(Persist::Service(id));
             }
-            w.local.services.insert(id.clone(), def.service);
-            w.sources.insert(id, Source::Config);
-        }
-        if added + changed + removed > 0 {
-            self.commit_local(&mut w);
-        }
-        (added, changed, removed)
+            Ok(((added, changed, removed), touched))
+        })
+        .await
     }
 
     /// Adds or replaces a check. Its service (if any) must exist locally.
-    pub async fn register_check(&self, mut check: Check) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        if !check.service_id.is_empty() && !w.local.services.contains_key(&check.service_id) {
-            return Err(StateError::Invalid(format!(
-                "invalid ServiceID: no local service {:?}",
-                check.service_id
-            )));
-        }
-        if let Some(old) = w.local.checks.get(&check.id) {
-            if old.kind == check.kind && old.service_id == check.service_id {
-                check.status = old.status;
-                check.output = old.output.clone();
+    pub async fn register_check(&self, check: Check) -> Result<(), StateError> {
+        self.change_local(|l| {
+            let sid = check.service_id.clone();
+            if !sid.is_empty() && !l.record.services.contains_key(&sid) {
+                return Err(StateError::Invalid(format!(
+                    "Invalid ServiceID: no local service {sid:?}"
+                )));
             }
-        }
-        let sid = check.service_id.clone();
-        let id = check.id.clone();
-        w.local.checks.insert(id.clone(), check);
-        if sid.is_empty() {
-            let c = w.local.checks.get(&id).cloned();
-            Self::persist_node_check(&w, c.as_ref(), &id).await?;
-        } else {
-            Self::persist_service(&w, &sid).await?;
-        }
-        self.commit_local(&mut w);
-        Ok(())
+            let id = check.id.clone();
+            l.put_check(check);
+            Ok(((), vec![Persist::of_check(&sid, &id)]))
+        })
+        .await
     }
 
     pub async fn deregister_check(&self, id: &str) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        let Some(old) = w.local.checks.remove(id) else {
-            return Err(StateError::UnknownCheck(id.to_string()));
-        };
-        if old.service_id.is_empty() {
-            Self::persist_node_check(&w, None, id).await?;
-        } else {
-            Self::persist_service(&w, &old.service_id).await?;
-        }
-        self.commit_local(&mut w);
-        Ok(())
+        self.change_local(|l| {
+            let Some(old) = l.record.checks.remove(id) else {
+                return Err(StateError::UnknownCheck(id.to_string()));
+            };
+            Ok(((), vec![Persist::of_check(&old.service_id, id)]))
+        })
+        .await
     }
 
-    /// Sets a check's status and output (TTL updates, check runners). Returns false when
-    /// nothing changed. TTL state is persisted so it survives a restart.
+    /// Sets a check's status and output (TTL updates, check runners); the output is clipped
+    /// to `muster_proto::model::MAX_CHECK_OUTPUT` bytes. Returns false when nothing changed. TTL state is
+    /// persisted so it survives a restart.
     pub async fn update_check(
         &self,
         id: &str,
         status: HealthStatus,
         output: String,
     ) -> Result<bool, StateError> {
-        let mut w = self.writer.lock().await;
-        let Some(check) = w.local.checks.get_mut(id) else {
-            return Err(StateError::UnknownCheck(id.to_string()));
-        };
-        if check.status == status && check.output == output {
-            return Ok(false);
+        let output = check_output_text(output.as_bytes());
+        {
+            // Runners report every interval; most reports change nothing, so answer those
+            // without copying the local state.
+            let w = self.writer.lock().await;
+            match w.local.record.checks.get(id) {
+                None => return Err(StateError::UnknownCheck(id.to_string())),
+                Some(c) if c.status == status && c.output == output => return Ok(false),
+                Some(_) => {}
+            }
         }
-        check.status = status;
-        check.output = output;
-        let check = check.clone();
-        if check.service_id.is_empty() {
-            Self::persist_node_check(&w, Some(&check), id).await?;
-        } else if matches!(check.kind, CheckKind::Ttl { .. }) {
-            Self::persist_service(&w, &check.service_id).await?;
-        }
-        self.commit_local(&mut w);
-        Ok(true)
+        self.change_local(|l| {
+            let Some(check) = l.record.checks.get_mut(id) else {
+                return Err(StateError::UnknownCheck(id.to_string()));
+            };
+            check.status = status;
+            check.output = output;
+            let touched =
+                if check.service_id.is_empty() || matches!(check.kind, CheckKind::Ttl { .. }) {
+                    vec![Persist::of_check(&check.service_id, id)]
+                } else {
+                    // Results of HTTP/TCP/script checks are recomputed after a restart.
+                    vec![]
+                };
+            Ok((true, touched))
+        })
+        .await
     }
 
-    /// Local checks (for `/v1/agent/checks` and the check runners).
-    pub fn local_checks(&self) -> Vec<Check> {
-        self.local().checks.values().cloned().collect()
+    /// Announces that TTL check `id` was refreshed (pass/warn/fail/update), whether or not
+    /// its status or output changed. Call before `update_check`, so that a timer firing in
+    /// between cannot overwrite the fresh status with "TTL expired".
+    pub fn ttl_refreshed(&self, id: &str) {
+        // No receiver simply means no TTL runner is up (yet); nothing to tell.
+        let _ = self.ttl_refresh_tx.send(id.to_string());
+    }
+
+    /// A receiver of TTL refresh announcements (for the TTL check runners).
+    pub fn ttl_refreshes(&self) -> broadcast::Receiver<String> {
+        self.ttl_refresh_tx.subscribe()
     }
 
     /// Puts a service in or out of maintenance (a critical `_service_maintenance:<id>` check).
@@ -458,36 +519,38 @@ impl State {
         enable: bool,
         reason: &str,
     ) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        if !w.local.services.contains_key(id) {
-            return Err(StateError::UnknownService(id.to_string()));
-        }
-        let cid = maintenance_id(id);
-        if enable {
-            w.local.checks.insert(cid, maintenance_check(id, reason));
-            w.maintenance.insert(id.to_string(), reason.to_string());
-        } else {
-            w.local.checks.remove(&cid);
-            w.maintenance.remove(id);
-        }
-        Self::persist_service(&w, id).await?;
-        self.commit_local(&mut w);
-        Ok(())
+        self.change_local(|l| {
+            if !l.record.services.contains_key(id) {
+                return Err(StateError::UnknownService(id.to_string()));
+            }
+            let cid = maintenance_id(id);
+            if enable {
+                l.record.checks.insert(cid, maintenance_check(id, reason));
+                l.maintenance.insert(id.to_string(), reason.to_string());
+            } else {
+                l.record.checks.remove(&cid);
+                l.maintenance.remove(id);
+            }
+            Ok(((), vec![Persist::Service(id.to_string())]))
+        })
+        .await
     }
 
     /// Puts the whole node in or out of maintenance (`_node_maintenance`).
     pub async fn set_node_maintenance(&self, enable: bool, reason: &str) -> Result<(), StateError> {
-        let mut w = self.writer.lock().await;
-        if enable {
-            let check = node_maintenance_check(reason);
-            w.local.checks.insert(check.id.clone(), check.clone());
-            Self::persist_node_check(&w, Some(&check), NODE_MAINTENANCE_CHECK).await?;
-        } else {
-            w.local.checks.remove(NODE_MAINTENANCE_CHECK);
-            Self::persist_node_check(&w, None, NODE_MAINTENANCE_CHECK).await?;
-        }
-        self.commit_local(&mut w);
-        Ok(())
+        self.change_local(|l| {
+            if enable {
+                let check = node_maintenance_check(reason);
+                l.record.checks.insert(check.id.clone(), check);
+            } else {
+                l.record.checks.remove(NODE_MAINTENANCE_CHECK);
+            }
+            Ok((
+                (),
+                vec![Persist::NodeCheck(NODE_MAINTENANCE_CHECK.to_string())],
+            ))
+        })
+        .await
     }
 
     // ----- the gossip side -----
@@ -504,8 +567,17 @@ impl State {
     ) -> bool {
         let mut w = self.writer.lock().await;
         if record.name == self.node_name {
-            if record.version >= w.local.version {
-                w.local.version = record.version;
+            // A version from the far future is a corrupt or hostile claim, not an earlier
+            // run of ours: adopting it would pin our record there (or overflow it).
+            if record.version > wall_clock_micros().saturating_add(FUTURE_VERSION_SLACK_MICROS) {
+                tracing::warn!(
+                    version = record.version,
+                    "ignoring a record of this node with a version far in the future"
+                );
+                return false;
+            }
+            if record.version >= w.local.record.version {
+                w.local.record.version = record.version;
                 self.commit_local(&mut w);
                 return true;
             }
@@ -538,9 +610,12 @@ impl State {
         }
     }
 
+    /// Records where a member gossips from (shown by `/v1/agent/members`).
     pub async fn set_gossip_addr(&self, node: &str, addr: SocketAddr) {
         let mut w = self.writer.lock().await;
-        w.catalog.set_gossip_addr(node, addr);
+        if w.catalog.set_gossip_addr(node, addr) {
+            self.publish(&w);
+        }
     }
 
     /// Forgets a node (reaped, or force-left). Never this node.

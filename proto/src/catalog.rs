@@ -13,6 +13,7 @@
 //! [`Snapshot`] after each change; readers never wait on the writer.
 
 use crate::model::{Check, HealthStatus, MemberStatus, NodeRecord, Service};
+use crate::protect::Protect;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +37,17 @@ pub struct NodeEntry {
     pub indexes: Indexes,
     pub service_indexes: BTreeMap<String, Indexes>,
     pub check_indexes: BTreeMap<String, Indexes>,
+    /// Declared failed but held in protect mode: its last known instances are still served,
+    /// marked stale (see `protect`).
+    pub stale: bool,
 }
 
 impl NodeEntry {
+    /// Whether this node's services belong in answers: it is up, or held in protect mode.
+    pub fn serving(&self) -> bool {
+        self.status.is_up() || self.stale
+    }
+
     pub fn service_indexes(&self, service_id: &str) -> Indexes {
         self.service_indexes
             .get(service_id)
@@ -54,9 +63,9 @@ impl NodeEntry {
     }
 
     /// Aggregate health of one instance on this node: the worst of its own checks and the
-    /// node-level checks. A node that is not up counts as critical.
+    /// node-level checks. A node that is not served counts as critical.
     pub fn instance_health(&self, service_id: &str) -> HealthStatus {
-        if !self.status.is_up() {
+        if !self.serving() {
             return HealthStatus::Critical;
         }
         self.record
@@ -93,11 +102,20 @@ pub struct Catalog {
     nodes: BTreeMap<String, Arc<NodeEntry>>,
     index: u64,
     /// Last index at which anything about instances of this service name (lowercase) changed.
+    /// Only names with instances are kept, so the map cannot grow with every name ever seen.
     name_indexes: HashMap<String, u64>,
+    /// Instances per service name (lowercase): tells when a name has none left.
+    name_counts: HashMap<String, usize>,
+    /// The index at which a name was last forgotten; the index of every name not in
+    /// `name_indexes`, so that forgetting a name never sends its index backwards.
+    pruned_floor: u64,
     /// Last index at which the set of nodes (or their addresses/status/meta) changed.
     nodes_index: u64,
     /// Last index at which the set of service names or their tags changed.
     services_index: u64,
+    /// This agent's own node: never counted as a peer, never held.
+    local: Option<String>,
+    protect: Protect,
 }
 
 impl Catalog {
@@ -112,6 +130,16 @@ impl Catalog {
 
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// Names this agent's own node, so protect mode counts only peers.
+    pub fn set_local(&mut self, name: &str) {
+        self.local = Some(name.to_string());
+    }
+
+    /// When protect mode began (agent clock, ms), if it is on.
+    pub fn protect_since(&self) -> Option<u64> {
+        self.protect.active_since()
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
@@ -262,9 +290,11 @@ impl Catalog {
             };
             check_indexes.insert(id.clone(), idx);
         }
-        for name in touched_names {
-            self.name_indexes.insert(name, index);
+        if let Some(old) = &old {
+            self.count_names(&old.record, false);
         }
+        self.count_names(&record, true);
+        self.stamp_names(touched_names, index);
         if node_changed {
             self.nodes_index = index;
         }
@@ -273,6 +303,7 @@ impl Catalog {
         }
         let name = record.name.clone();
         let gossip_addr = gossip_addr.or(old.as_ref().and_then(|o| o.gossip_addr));
+        let stale = !status.is_up() && self.protect.is_held(&name);
         self.nodes.insert(
             name,
             Arc::new(NodeEntry {
@@ -283,6 +314,7 @@ impl Catalog {
                 indexes: node_indexes,
                 service_indexes,
                 check_indexes,
+                stale,
             }),
         );
         Ok(Change {
@@ -292,7 +324,9 @@ impl Catalog {
     }
 
     /// Changes a node's membership state (alive, suspect, left, failed). Every instance on
-    /// the node changes visibility, so every one of its service names is touched.
+    /// the node changes visibility, so every one of its service names is touched. A failure
+    /// may start (or fall under) protect mode, which holds failed peers as stale instead; a
+    /// return may end it, which lets the failures of peers still missing apply.
     pub fn set_status(
         &mut self,
         node: &str,
@@ -308,34 +342,83 @@ impl Catalog {
                 changed: false,
             });
         }
-        let mut entry = NodeEntry::clone(entry);
         let index = self.bump();
-        entry.status = status;
-        entry.status_since_ms = now_ms;
-        entry.indexes.modify = index;
-        for (id, ix) in entry.service_indexes.iter_mut() {
-            ix.modify = index;
-            if let Some(svc) = entry.record.services.get(id) {
-                self.name_indexes
-                    .insert(svc.name.to_ascii_lowercase(), index);
+        let mut stale_changes: Vec<(String, bool)> = Vec::new();
+        match status {
+            MemberStatus::Failed if self.local.as_deref() != Some(node) => {
+                let serving_peers = self
+                    .nodes
+                    .values()
+                    .filter(|n| {
+                        n.record.name != node
+                            && self.local.as_ref() != Some(&n.record.name)
+                            && n.serving()
+                    })
+                    .count();
+                for held in self.protect.on_failure(node, now_ms, serving_peers) {
+                    stale_changes.push((held, true));
+                }
+            }
+            MemberStatus::Alive | MemberStatus::Suspect => {
+                if let Some(released) = self.protect.on_alive(node) {
+                    stale_changes.extend(released.into_iter().map(|n| (n, false)));
+                }
+            }
+            _ => self.protect.forget(node),
+        }
+        self.update_entry(node, index, |e| {
+            e.status = status;
+            e.status_since_ms = now_ms;
+            e.stale = !status.is_up() && stale_changes.iter().any(|(n, s)| n == node && *s);
+        });
+        for (other, stale) in stale_changes.into_iter().filter(|(n, _)| n != node) {
+            if self.nodes.get(&other).is_some_and(|e| e.stale != stale) {
+                self.update_entry(&other, index, |e| e.stale = stale);
             }
         }
         self.nodes_index = index;
         self.services_index = index;
-        self.nodes.insert(node.to_string(), Arc::new(entry));
         Ok(Change {
             index,
             changed: true,
         })
     }
 
-    /// Records the gossip address of a member without touching anything else.
-    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) {
-        if let Some(entry) = self.nodes.get_mut(node) {
-            if entry.gossip_addr != Some(addr) {
-                Arc::make_mut(entry).gossip_addr = Some(addr);
-            }
+    /// Rewrites one node entry at `index`: every instance on it is touched.
+    fn update_entry(&mut self, node: &str, index: u64, f: impl FnOnce(&mut NodeEntry)) {
+        let Some(entry) = self.nodes.get(node) else {
+            return;
+        };
+        let mut entry = NodeEntry::clone(entry);
+        f(&mut entry);
+        entry.indexes.modify = index;
+        for ix in entry.service_indexes.values_mut() {
+            ix.modify = index;
         }
+        let names: Vec<String> = entry
+            .record
+            .services
+            .values()
+            .map(|svc| svc.name.to_ascii_lowercase())
+            .collect();
+        self.stamp_names(names, index);
+        self.nodes.insert(node.to_string(), Arc::new(entry));
+    }
+
+    /// Records the gossip address of a member; returns whether it changed (the member list
+    /// shows it, so a change moves the node-list index).
+    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) -> bool {
+        let Some(entry) = self.nodes.get(node) else {
+            return false;
+        };
+        if entry.gossip_addr == Some(addr) {
+            return false;
+        }
+        let mut entry = NodeEntry::clone(entry);
+        entry.gossip_addr = Some(addr);
+        self.nodes.insert(node.to_string(), Arc::new(entry));
+        self.nodes_index = self.bump();
+        true
     }
 
     /// Forgets a node entirely (reaped after `reconnect_timeout`, or force-left).
@@ -347,15 +430,48 @@ impl Catalog {
             };
         };
         let index = self.bump();
-        for svc in entry.record.services.values() {
-            self.name_indexes
-                .insert(svc.name.to_ascii_lowercase(), index);
-        }
+        self.protect.forget(node);
+        self.count_names(&entry.record, false);
+        let names: Vec<String> = entry
+            .record
+            .services
+            .values()
+            .map(|svc| svc.name.to_ascii_lowercase())
+            .collect();
+        self.stamp_names(names, index);
         self.nodes_index = index;
         self.services_index = index;
         Change {
             index,
             changed: true,
+        }
+    }
+
+    /// Adds (or takes away) the instances of `rec` from the per-name counts.
+    fn count_names(&mut self, rec: &NodeRecord, add: bool) {
+        for svc in rec.services.values() {
+            let name = svc.name.to_ascii_lowercase();
+            if add {
+                *self.name_counts.entry(name).or_insert(0) += 1;
+            } else if let Some(n) = self.name_counts.get_mut(&name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.name_counts.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Stamps `index` on each name; a name with no instances left is forgotten instead and
+    /// raises the floor that all unknown names answer with.
+    fn stamp_names(&mut self, names: impl IntoIterator<Item = String>, index: u64) {
+        for name in names {
+            if self.name_counts.contains_key(&name) {
+                self.name_indexes.insert(name, index);
+            } else {
+                self.name_indexes.remove(&name);
+                self.pruned_floor = index;
+            }
         }
     }
 
@@ -374,6 +490,8 @@ impl Catalog {
             nodes: self.nodes.clone(),
             index: self.index,
             name_indexes: self.name_indexes.clone(),
+            pruned_floor: self.pruned_floor,
+            protect_since_ms: self.protect.active_since(),
             nodes_index: self.nodes_index,
             services_index: self.services_index,
             by_name,
@@ -434,6 +552,9 @@ pub struct Snapshot {
     nodes: BTreeMap<String, Arc<NodeEntry>>,
     index: u64,
     name_indexes: HashMap<String, u64>,
+    pruned_floor: u64,
+    /// Set while protect mode holds failed peers' instances (agent clock, ms).
+    protect_since_ms: Option<u64>,
     nodes_index: u64,
     services_index: u64,
     by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>>,
@@ -451,7 +572,13 @@ impl Snapshot {
         self.name_indexes
             .get(&name.to_ascii_lowercase())
             .copied()
-            .unwrap_or(1)
+            .unwrap_or(self.pruned_floor)
+            .max(1)
+    }
+
+    /// When protect mode began, if answers currently include stale instances.
+    pub fn protect_since_ms(&self) -> Option<u64> {
+        self.protect_since_ms
     }
 
     /// Index of answers about the node list.
@@ -519,7 +646,7 @@ impl Snapshot {
     /// Service names of nodes that are up, with the union of their tags (catalog/services).
     pub fn service_names(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for node in self.nodes.values().filter(|n| n.status.is_up()) {
+        for node in self.nodes.values().filter(|n| n.serving()) {
             for svc in node.record.services.values() {
                 out.entry(svc.name.clone())
                     .or_default()
@@ -676,6 +803,105 @@ mod tests {
         );
         assert_eq!(s.healthy_instances("web", &["v1".into()], false).count(), 0);
         assert_eq!(s.service_names().get("web").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn names_without_instances_are_forgotten_without_going_backwards() {
+        let mut c = Catalog::new();
+        c.apply_record(
+            record("a", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        let with = c.snapshot().service_index("web");
+        c.apply_record(record("a", 2, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        let s = c.snapshot();
+        assert!(s.name_indexes.is_empty(), "no name kept without instances");
+        assert!(
+            s.service_index("web") > with,
+            "index of a removed name moved forward"
+        );
+        // Many names coming and going leave nothing behind.
+        for v in 3..200u64 {
+            let name = format!("n{v}");
+            c.apply_record(
+                record("a", v, &[svc(&name, &name)]),
+                MemberStatus::Alive,
+                None,
+                0,
+            )
+            .unwrap();
+        }
+        c.apply_record(record("a", 500, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        assert!(c.name_indexes.is_empty() && c.name_counts.is_empty());
+        // Two nodes with the same name: removing one keeps the name.
+        c.apply_record(
+            record("a", 501, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        c.apply_record(
+            record("b", 1, &[svc("w", "web")]),
+            MemberStatus::Alive,
+            None,
+            0,
+        )
+        .unwrap();
+        c.remove_node("b");
+        assert_eq!(c.name_counts.get("web"), Some(&1));
+        assert!(c.name_indexes.contains_key("web"));
+    }
+
+    #[test]
+    fn protect_mode_serves_peers_lost_at_once_as_stale() {
+        let mut c = Catalog::new();
+        c.set_local("me");
+        c.apply_record(record("me", 1, &[]), MemberStatus::Alive, None, 0)
+            .unwrap();
+        for n in ["a", "b", "c", "d"] {
+            c.apply_record(
+                record(n, 1, &[svc(&format!("{n}-web"), "web")]),
+                MemberStatus::Alive,
+                None,
+                0,
+            )
+            .unwrap();
+        }
+        // An ordinary single failure applies: a's instance leaves the answers.
+        c.set_status("a", MemberStatus::Failed, 1_000).unwrap();
+        assert_eq!(c.snapshot().healthy_instances("web", &[], false).count(), 3);
+        assert!(c.snapshot().protect_since_ms().is_none());
+        // b and c fail right after: 3 of 4 peers in one burst → protect mode holds all three.
+        c.set_status("b", MemberStatus::Failed, 2_000).unwrap();
+        let before = c.snapshot().service_index("web");
+        c.set_status("c", MemberStatus::Failed, 3_000).unwrap();
+        let s = c.snapshot();
+        assert_eq!(s.protect_since_ms(), Some(3_000));
+        assert_eq!(
+            s.healthy_instances("web", &[], false).count(),
+            4,
+            "last known instances kept"
+        );
+        assert!(s.node("a").unwrap().stale && s.node("c").unwrap().stale);
+        assert_eq!(
+            s.node("a").unwrap().status,
+            MemberStatus::Failed,
+            "members still tell the truth"
+        );
+        assert!(s.service_index("web") > before, "watchers see the change");
+        // Contact returns with half of them: protect mode ends; c's failure now applies.
+        c.set_status("a", MemberStatus::Alive, 9_000).unwrap();
+        c.set_status("b", MemberStatus::Alive, 9_100).unwrap();
+        let s = c.snapshot();
+        assert!(s.protect_since_ms().is_none());
+        assert!(!s.node("c").unwrap().stale);
+        assert_eq!(s.healthy_instances("web", &[], false).count(), 3);
     }
 
     #[test]

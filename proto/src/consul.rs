@@ -159,8 +159,12 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => duration::parse(s)
-                .map(|d| Some(d.as_millis() as u64))
-                .map_err(|e| ValidationError::new(self.name(names[0]), e.to_string())),
+                .map_err(|e| ValidationError::new(self.name(names[0]), e.to_string()))
+                .and_then(|d| {
+                    u64::try_from(d.as_millis()).map(Some).map_err(|_| {
+                        ValidationError::new(self.name(names[0]), format!("{s:?} is too long"))
+                    })
+                }),
             // Consul also accepts nanoseconds as a number.
             Some(Value::Number(n)) => n
                 .as_u64()
@@ -221,6 +225,16 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
         None => {}
         Some(Value::Array(items)) => defs.extend(items.iter().filter(|v| !v.is_null())),
         Some(_) => return Err(ValidationError::new("Checks", "must be a list of checks")),
+    }
+    if defs.len() > validate::MAX_CHECKS_PER_SERVICE {
+        return Err(ValidationError::new(
+            "Checks",
+            format!(
+                "{} checks, at most {} allowed",
+                defs.len(),
+                validate::MAX_CHECKS_PER_SERVICE
+            ),
+        ));
     }
     let many = defs.len() > 1;
     let mut checks = Vec::with_capacity(defs.len());
@@ -288,7 +302,9 @@ pub fn parse_check(
         })
         .unwrap_or_else(|| default_id.to_string());
     validate::id(&fname("CheckID"), &id)?;
+    validate::check_id_not_reserved(&fname("CheckID"), &id)?;
     let name = name.unwrap_or_else(|| default_name.to_string());
+    validate::text(&fname("Name"), &name, validate::MAX_CHECK_NAME_LEN)?;
     let status = match f.string(&["Status"])? {
         None => HealthStatus::Critical,
         Some(s) if s.is_empty() => HealthStatus::Critical,
@@ -399,7 +415,13 @@ pub fn parse_check(
         id,
         name,
         status,
-        notes: f.string(&["Notes"])?.unwrap_or_default(),
+        notes: match f.string(&["Notes"])? {
+            Some(n) => {
+                validate::text(&fname("Notes"), &n, crate::model::MAX_CHECK_OUTPUT)?;
+                n
+            }
+            None => String::new(),
+        },
         output: String::new(),
         service_id: f.string(&["ServiceID"])?.unwrap_or_default(),
         kind,
@@ -525,23 +547,25 @@ pub fn catalog_service(i: &Instance<'_>) -> Value {
     })
 }
 
-/// The synthetic `serfHealth` check every node carries: passing while the member is up.
+/// The synthetic `serfHealth` check every node carries: passing while the member is up, or
+/// held in protect mode (then its output says the instances are the last known ones).
 pub fn serf_health(entry: &NodeEntry) -> Check {
-    let up = entry.status.is_up();
+    let (status, output) = if entry.status.is_up() {
+        (HealthStatus::Passing, "Agent alive and reachable")
+    } else if entry.stale {
+        (
+            HealthStatus::Passing,
+            "Agent unreachable; this agent lost most of its peers at once (protect mode) and serves the last known state",
+        )
+    } else {
+        (HealthStatus::Critical, "Agent not live or unreachable")
+    };
     Check {
         id: SERF_HEALTH_CHECK.into(),
         name: "Serf Health Status".into(),
-        status: if up {
-            HealthStatus::Passing
-        } else {
-            HealthStatus::Critical
-        },
+        status,
         notes: String::new(),
-        output: if up {
-            "Agent alive and reachable".into()
-        } else {
-            "Agent not live or unreachable".into()
-        },
+        output: output.into(),
         service_id: String::new(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,

@@ -60,7 +60,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if !frac.is_empty() {
             let digits = frac.len().min(18) as u32;
             let f: u128 = frac[..digits as usize].parse().map_err(|_| err())?;
-            part += f * scale / 10u128.pow(digits);
+            part = part
+                .checked_add(f * scale / 10u128.pow(digits))
+                .ok_or_else(err)?;
         }
         total = total.checked_add(part).ok_or_else(err)?;
         rest = tail;

@@ -6,9 +6,11 @@
 
 pub mod catalog;
 pub mod consul;
+pub mod dns;
 pub mod duration;
 pub mod gossip;
 pub mod model;
+pub mod protect;
 pub mod validate;
 
 pub use catalog::{Catalog, Instance, NodeEntry, Snapshot};

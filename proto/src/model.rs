@@ -129,6 +129,24 @@ pub struct Check {
     pub deregister_critical_after_ms: u64,
 }
 
+/// Longest check output (and notes) kept, in bytes: outputs travel in every gossip copy of
+/// the node's record, so a chatty check must not be able to grow it without bound.
+pub const MAX_CHECK_OUTPUT: usize = 4096;
+
+/// Bytes as check output text, cut to [`MAX_CHECK_OUTPUT`] bytes on a character boundary.
+pub fn check_output_text(bytes: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_CHECK_OUTPUT)]).into_owned();
+    if s.len() > MAX_CHECK_OUTPUT {
+        // Lossy decoding can grow the text (U+FFFD is 3 bytes); cut it back.
+        let mut end = MAX_CHECK_OUTPUT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// Reserved check ids, as Consul names them.
 pub const SERF_HEALTH_CHECK: &str = "serfHealth";
 pub const NODE_MAINTENANCE_CHECK: &str = "_node_maintenance";

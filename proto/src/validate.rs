@@ -13,6 +13,8 @@ pub const MAX_TAG_LEN: usize = 255;
 pub const MAX_META: usize = 64;
 pub const MAX_META_KEY_LEN: usize = 128;
 pub const MAX_META_VALUE_LEN: usize = 512;
+pub const MAX_CHECKS_PER_SERVICE: usize = 32;
+pub const MAX_CHECK_NAME_LEN: usize = 256;
 
 /// A refused input, naming the field (Consul's JSON name) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +75,33 @@ pub fn id(field: &str, value: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new(
             field,
             "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Check ids the agent itself uses (`serfHealth`, maintenance checks): a user check with
+/// one of these ids would be confused with the agent's own.
+pub fn check_id_not_reserved(field: &str, id: &str) -> Result<(), ValidationError> {
+    use crate::model::{NODE_MAINTENANCE_CHECK, SERF_HEALTH_CHECK, SERVICE_MAINTENANCE_PREFIX};
+    if id == SERF_HEALTH_CHECK
+        || id == NODE_MAINTENANCE_CHECK
+        || id.starts_with(SERVICE_MAINTENANCE_PREFIX)
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("{id:?} is reserved for the agent's own checks"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text with a length bound (check names and notes).
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("longer than {max} bytes"),
         ));
     }
     Ok(())
@@ -243,6 +272,9 @@ mod tests {
         let mut s = ok_service();
         s.address = "not an address!".into();
         assert_eq!(service(&s).unwrap_err().field, "Address");
+        assert!(check_id_not_reserved("CheckID", "serfHealth").is_err());
+        assert!(check_id_not_reserved("CheckID", "_service_maintenance:web").is_err());
+        assert!(check_id_not_reserved("CheckID", "web-check").is_ok());
         assert!(port("Port", 65536).is_err());
         assert!(port("Port", -1).is_err());
         assert_eq!(port("Port", 65535).unwrap(), 65535);

@@ -146,11 +146,35 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent and waits until its HTTP API answers.
-    pub fn start(spec: AgentSpec) -> Agent {
-        let a = Agent::spawn(spec);
-        a.wait_ready();
-        a
+    /// Starts the agent and waits until its HTTP API answers. Ports from `free_port` can be
+    /// taken by someone else between the probe and the agent's bind (tests run in
+    /// parallel); when the agent exits because a port is in use, it is retried on fresh ports.
+    pub fn start(mut spec: AgentSpec) -> Agent {
+        for _ in 0..3 {
+            let mut a = Agent::spawn(spec.clone());
+            let http = a.http();
+            let ready = wait_for(Duration::from_secs(20), || {
+                try_request(http, "GET", "/v1/agent/self", None, &[]).is_ok_and(|r| r.status == 200)
+                    || a.child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
+            let exited = a
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if ready && !exited {
+                return a;
+            }
+            if exited && a.logs().contains("Address already in use") {
+                spec.http_port = free_port(&spec.ip);
+                spec.dns_port = free_port(&spec.ip);
+                spec.gossip_port = free_port(&spec.ip);
+                continue;
+            }
+            panic!("agent {} never became ready; log:\n{}", spec.name, a.logs());
+        }
+        panic!("agent {} could not find free ports", spec.name);
     }
 
     /// Starts the agent without waiting.
@@ -389,4 +413,39 @@ pub fn try_request(
         headers,
         body,
     })
+}
+
+/// Asks `server` over UDP for the A records of `name`; returns the rcode and the addresses.
+pub fn dns_a(
+    server: SocketAddr,
+    name: &str,
+) -> (
+    hickory_proto::op::ResponseCode,
+    std::collections::BTreeSet<String>,
+) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let id: u16 = (std::process::id() as u16) ^ (DIRS.fetch_add(1, Ordering::SeqCst) as u16);
+    let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+    q.add_query(Query::query(
+        Name::from_ascii(name).expect("query name"),
+        RecordType::A,
+    ));
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind UDP client");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&q.to_vec().expect("encode query"), server)
+        .expect("send DNS query");
+    let mut buf = vec![0u8; 4096];
+    let n = s.recv(&mut buf).expect("DNS reply");
+    let m = Message::from_vec(&buf[..n]).expect("reply decodes");
+    assert_eq!(m.metadata.id, id);
+    let addrs = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    (m.metadata.response_code, addrs)
 }

@@ -48,3 +48,13 @@ fn npm_consul_against_one_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn py_consul_against_a_three_agent_cluster() {
+    let a = Agent::start(AgentSpec::dev("py-a", "127.0.0.21"));
+    let join = a.spec.gossip_addr();
+    let b = Agent::start(AgentSpec::dev("py-b", "127.0.0.22").args(&["--join", &join]));
+    let c = Agent::start(AgentSpec::dev("py-c", "127.0.0.23").args(&["--join", &join]));
+    // Writes go to b; a and c must answer for the whole cluster.
+    run_suite(&[&b, &a, &c]);
+}

@@ -500,3 +500,102 @@ fn blocking_queries_wake_on_change_and_wait_otherwise() {
         400
     );
 }
+
+#[test]
+fn ids_with_plus_reserved_check_ids_and_bounded_outputs() {
+    let a = Agent::start(AgentSpec::dev("node-edge", "127.0.0.1"));
+    // '+' in a path is a literal plus (only the query string treats it as a space).
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("a+b", 80, &[]))
+            .status,
+        200
+    );
+    assert_eq!(a.get_json("/v1/agent/service/a+b")["ID"], "a+b");
+    assert_eq!(a.put("/v1/agent/service/deregister/a+b", "").status, 200);
+    // The agent's own check ids cannot be taken.
+    for id in ["serfHealth", "_node_maintenance", "_service_maintenance:x"] {
+        let body = json!({"Name": "web", "Check": {"CheckID": id, "TTL": "10s"}}).to_string();
+        let r = a.put("/v1/agent/service/register", &body);
+        assert_eq!(r.status, 400, "{id}: {}", r.text());
+        assert!(r.text().contains("Check.CheckID"), "{}", r.text());
+    }
+    // A check output is clipped to 4 KiB (it travels in every gossip copy of the record).
+    let body =
+        json!({"Name": "web", "ID": "w", "Check": {"CheckID": "w-ttl", "TTL": "1h"}}).to_string();
+    assert_eq!(a.put("/v1/agent/service/register", &body).status, 200);
+    let huge = json!({"Status": "passing", "Output": "x".repeat(100_000)}).to_string();
+    assert_eq!(a.put("/v1/agent/check/update/w-ttl", &huge).status, 200);
+    let out = a.get_json("/v1/agent/checks")["w-ttl"]["Output"]
+        .as_str()
+        .unwrap()
+        .len();
+    assert_eq!(out, 4096);
+}
+
+#[test]
+fn a_record_too_large_to_gossip_is_refused_whole() {
+    let a = Agent::start(AgentSpec::dev("node-big", "127.0.0.1"));
+    let meta: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("{i:0>100}"), json!("v".repeat(500))))
+        .collect();
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..40 {
+        let body = json!({"Name": "fat", "ID": format!("fat-{i}"), "Meta": meta}).to_string();
+        let r = a.put("/v1/agent/service/register", &body);
+        if r.status == 200 {
+            accepted += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the node record must hit the gossip size limit");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("gossip"), "{}", r.text());
+    // The refused one is not half-applied; everything accepted before is intact.
+    let svcs = a.get_json("/v1/agent/services");
+    assert_eq!(svcs.as_object().unwrap().len(), accepted);
+    assert!(svcs.get(format!("fat-{accepted}")).is_none());
+    // Removing something makes room again.
+    assert_eq!(a.put("/v1/agent/service/deregister/fat-0", "").status, 200);
+    let body = json!({"Name": "small", "Port": 1}).to_string();
+    assert_eq!(a.put("/v1/agent/service/register", &body).status, 200);
+}
+
+#[test]
+fn a_failed_disk_write_changes_nothing() {
+    let dir = TempDir::new("diskfail");
+    let a = Agent::start(AgentSpec::dev("node-df", "127.0.0.1").data_dir(dir.path()));
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("before", 1, &[]))
+            .status,
+        200
+    );
+    // Make the services directory unusable (a file in its place): writes must fail.
+    let services = dir.path().join("services");
+    std::fs::rename(&services, dir.path().join("services.moved")).unwrap();
+    std::fs::write(&services, b"not a directory").unwrap();
+    let r = a.put("/v1/agent/service/register", &web("during", 2, &[]));
+    assert_eq!(r.status, 500, "{}", r.text());
+    let r = a.put("/v1/agent/service/deregister/before", "");
+    assert_eq!(r.status, 500, "{}", r.text());
+    // Nothing of either change is visible, now or after a later successful write.
+    std::fs::remove_file(&services).unwrap();
+    std::fs::rename(dir.path().join("services.moved"), &services).unwrap();
+    assert_eq!(
+        a.put("/v1/agent/service/register", &web("after", 3, &[]))
+            .status,
+        200
+    );
+    let svcs = a.get_json("/v1/agent/services");
+    assert!(
+        svcs.get("during").is_none(),
+        "failed registration leaked: {svcs}"
+    );
+    assert!(
+        svcs.get("before").is_some(),
+        "failed deregistration leaked: {svcs}"
+    );
+    assert!(svcs.get("after").is_some());
+}

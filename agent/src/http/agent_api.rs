@@ -167,11 +167,6 @@ fn enable_param(call: &Call) -> Result<bool, ApiError> {
     }
 }
 
-fn local_entry(call: &Call) -> Option<(std::sync::Arc<muster_proto::Snapshot>, String)> {
-    let snap = call.shared.state.snapshot();
-    Some((snap, call.shared.state.node_name.clone()))
-}
-
 fn services(call: &Call) -> ApiResult {
     let local = call.shared.state.local();
     let mut out = Map::new();
@@ -265,6 +260,8 @@ async fn ttl_update(call: &Call, id: &str, status: HealthStatus, output: String)
             "check {id:?} is not a TTL check"
         )));
     }
+    // Restart the TTL timer even when status and output repeat (no record change then).
+    call.shared.state.ttl_refreshed(id);
     call.shared.state.update_check(id, status, output).await?;
     Ok(Reply::empty())
 }
@@ -276,8 +273,8 @@ fn local_health(
     what: &str,
     single: bool,
 ) -> ApiResult {
-    let (snap, node) =
-        local_entry(call).ok_or_else(|| ApiError::Internal("no local node".into()))?;
+    let snap = call.shared.state.snapshot();
+    let node = call.shared.state.node_name.clone();
     let entry = snap
         .node(&node)
         .ok_or_else(|| ApiError::Internal("local node missing from catalog".into()))?;

@@ -27,7 +27,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(call.cached_json(idx, || {
                 Value::Array(
                     instances(call, &snap, name)
-                        .filter(|i| i.node.status.is_up())
+                        .filter(|i| i.node.serving())
                         .map(|i| consul::catalog_service(&i))
                         .collect(),
                 )
@@ -37,14 +37,14 @@ pub async fn route(call: &Call) -> ApiResult {
             let (snap, idx) = call.blocking(Snapshot::nodes_index).await?;
             let list: Vec<Value> = snap
                 .nodes()
-                .filter(|n| n.status.is_up() && node_meta_matches(call, n))
+                .filter(|n| n.serving() && node_meta_matches(call, n))
                 .map(consul::node)
                 .collect();
             Ok(Reply::json(&Value::Array(list)).with_index(idx))
         }
         ["catalog", "node", node] => {
             let (snap, idx) = call.blocking(|s| node_index(s, node)).await?;
-            let Some(entry) = snap.node(node).filter(|n| n.status.is_up()) else {
+            let Some(entry) = snap.node(node).filter(|n| n.serving()) else {
                 // Consul answers an unknown node with 200 and null.
                 return Ok(Reply::json(&Value::Null).with_index(idx));
             };
@@ -70,7 +70,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(call.cached_json(idx, || {
                 Value::Array(
                     instances(call, &snap, name)
-                        .filter(|i| i.node.status.is_up())
+                        .filter(|i| i.node.serving())
                         .filter(|i| !passing || i.health() == HealthStatus::Passing)
                         .map(|i| consul::health_entry(&i))
                         .collect(),
@@ -80,7 +80,7 @@ pub async fn route(call: &Call) -> ApiResult {
         ["health", "checks", name] => {
             let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
             let mut list = Vec::new();
-            for i in instances(call, &snap, name).filter(|i| i.node.status.is_up()) {
+            for i in instances(call, &snap, name).filter(|i| i.node.serving()) {
                 let node = &i.node.record.name;
                 for c in i
                     .node

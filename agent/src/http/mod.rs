@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use muster_proto::Snapshot;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +28,11 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Blocking queries: default and longest wait.
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Most HTTP connections served at once (blocking queries each hold one); the unit's
+/// `LimitNOFILE=65536` leaves room for DNS, gossip and checks beside them.
+const MAX_CONNECTIONS: usize = 16_384;
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,11 +77,6 @@ impl Reply {
             content_type: "text/plain; charset=utf-8",
             index: None,
         }
-    }
-
-    /// `true` with 200, as Consul answers successful writes.
-    pub fn ok_true() -> Reply {
-        Reply::json(&serde_json::Value::Bool(true))
     }
 
     pub fn empty() -> Reply {
@@ -311,9 +311,27 @@ impl Listener {
     /// Serves until the agent stops, then stops accepting and drains in-flight requests.
     pub async fn serve(self, shared: Shared) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // A client that opens a connection and sends nothing (or dribbles headers) must not
+        // hold a file descriptor forever; hyper needs a timer to enforce this.
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut stop = shared.stop_rx();
         loop {
+            // At the cap, stop accepting until a connection closes; the kernel's backlog
+            // holds newcomers meanwhile.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stop.changed() => {
+                    if *stop.borrow() != Stop::Running { break; }
+                    continue;
+                }
+            };
             tokio::select! {
                 accepted = self.listener.accept() => {
                     let (stream, _) = match accepted {
@@ -331,10 +349,10 @@ impl Listener {
                         let shared = shared.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(req, shared).await) }
                     });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(permit);
                     });
                 }
                 _ = stop.changed() => {
@@ -352,7 +370,9 @@ impl Listener {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes. In a query string `+` also means a space (form encoding); in a
+/// path it is a literal `+`, as Go's `PathUnescape` treats it, so an id such as `a+b` works.
+fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -363,7 +383,7 @@ fn percent_decode(s: &str) -> Option<String> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -380,9 +400,9 @@ fn parse_query(q: Option<&str>) -> Result<HashMap<String, Vec<String>>, ApiError
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)
+        let k = percent_decode(k, true)
             .ok_or_else(|| ApiError::BadRequest(format!("bad query parameter {k:?}")))?;
-        let v = percent_decode(v)
+        let v = percent_decode(v, true)
             .ok_or_else(|| ApiError::BadRequest(format!("bad value for query parameter {k:?}")))?;
         out.entry(k).or_default().push(v);
     }
@@ -455,7 +475,21 @@ async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
             h.insert("X-Consul-Index", v);
         }
         h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
-        h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+        // In protect mode answers carry peers' last known instances: say so, and say how
+        // old that knowledge is the way Consul says how stale a read is (LastContact, ms),
+        // so clients with a staleness limit (e.g. consul-template's max_stale) can act.
+        match shared.state.snapshot().protect_since_ms() {
+            Some(since) => {
+                let age = shared.state.now_ms().saturating_sub(since);
+                if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+                    h.insert("X-Consul-LastContact", v);
+                }
+                h.insert("X-Muster-Stale", HeaderValue::from_static("true"));
+            }
+            None => {
+                h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+            }
+        }
     }
     resp
 }
@@ -469,7 +503,8 @@ async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult 
     let segments = rest
         .split('/')
         .map(|s| {
-            percent_decode(s).ok_or_else(|| ApiError::BadRequest(format!("bad path segment {s:?}")))
+            percent_decode(s, false)
+                .ok_or_else(|| ApiError::BadRequest(format!("bad path segment {s:?}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let method = req.method().clone();
