@@ -29,6 +29,8 @@ const STOP_AT_MS: u64 = 25_000;
 const END_MS: u64 = 60_000;
 /// Anti-entropy period per member (push-pull over a reliable stream).
 const PUSH_PULL_MS: u64 = 20_000;
+/// Eager pushes of news, as the agent makes them.
+const EAGER_ROUNDS: usize = 2;
 
 enum Event {
     Timer(usize, Timer<NodeId>),
@@ -177,9 +179,11 @@ impl Sim {
             }
         }
         if news {
-            // As the agent does: forward news at once.
+            // As the agent does: forward news at once, in two eager pushes.
             let mut rt = AccumulatingRuntime::new();
-            let _ = self.nodes[i].swim.broadcast(&mut rt);
+            for _ in 0..EAGER_ROUNDS {
+                let _ = self.nodes[i].swim.broadcast(&mut rt);
+            }
             self.flush(i, rt);
         }
     }
@@ -192,7 +196,9 @@ impl Sim {
                 .add_broadcast(&item)
                 .expect("own item accepted");
         }
-        let _ = self.nodes[i].swim.broadcast(&mut rt);
+        for _ in 0..EAGER_ROUNDS {
+            let _ = self.nodes[i].swim.broadcast(&mut rt);
+        }
         self.flush(i, rt);
     }
 

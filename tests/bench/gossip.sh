@@ -6,11 +6,13 @@
 #   spread    time from a change on agent 1 (muster: a service registration; Serf: a tag)
 #             until the farthest agent shows it
 #   detect    time from kill -9 of one agent until every other agent lists it failed
-#   bytes     gossip bytes sent per node per second while idle (muster: its own counters;
+#   bytes     gossip bytes sent per node per second while idle, 6 s after the cluster
+#             formed (steady state, join-time exchanges excluded; muster: its own counters;
 #             Serf: memberlist.udp/tcp.sent through a statsd sink)
 #   rss       resident memory per agent (MiB, mean) after the cluster formed
 #
-# Usage: tests/bench/gossip.sh [N...]        (MUSTER_BIN defaults to target/release/muster)
+# Usage: [REPEAT=3] tests/bench/gossip.sh [N...]   (MUSTER_BIN defaults to target/release/muster;
+#        REPEAT runs each system that many times and reports the median of each figure)
 # Needs: a release build (cargo build --release -p muster-agent), Debian package `serf`,
 # python3, and the 127.0.0.0/8 loopback (agents use 127.0.1.x and 127.0.2.x).
 set -euo pipefail
@@ -212,7 +214,8 @@ def bench(system):
     system.join_all()
     took = wait_all([lambda ip=ip: system.alive_count(ip) == n for ip in system.ips])
     r["join"] = took
-    time.sleep(2)
+    # Let join-time exchanges (push-pulls) finish: the byte figure is the steady state.
+    time.sleep(6)
     r["rss"] = rss_mib([p.pid for p in system.procs])
     alive = list(range(n))
     b0 = system.bytes_sent(alive)
@@ -232,25 +235,38 @@ def fmt(v, unit):
     return "timeout" if v is None else f"{v:.2f} {unit}" if unit == "s" else f"{v:.0f} {unit}" if unit == "B/s" else f"{v:.1f} {unit}"
 
 
+def median(values):
+    """Median of the runs; a timeout counts as slower than any figure."""
+    vs = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return vs[len(vs) // 2]
+
+
 def main():
     sizes = [int(a) for a in sys.argv[1:]]
+    repeat = int(os.environ.get("REPEAT", "1"))
     statsd = Statsd()
     statsd.start()
     rows = []
     for n in sizes:
-        for make in (lambda tmp: Muster(n, tmp), lambda tmp: Serf(n, tmp, statsd)):
-            with tempfile.TemporaryDirectory(prefix="gossip-bench-") as tmp:
-                system = make(tmp)
-                try:
-                    r = bench(system)
-                finally:
-                    system.stop()
-                rows.append((n, system.name, r))
-                print(f"N={n:<3} {system.name:<7} join {fmt(r['join'], 's'):>9}  spread {fmt(r['spread'], 's'):>9}  "
-                      f"detect {fmt(r['detect'], 's'):>9}  gossip {fmt(r['bytes'], 'B/s'):>10}/node  rss {fmt(r['rss'], 'MiB'):>9}",
-                      flush=True)
-            time.sleep(2)
+        runs = {"muster": [], "serf": []}
+        for _ in range(repeat):
+            # Alternate systems within each repetition so both see the same machine load.
+            for make in (lambda tmp: Muster(n, tmp), lambda tmp: Serf(n, tmp, statsd)):
+                with tempfile.TemporaryDirectory(prefix="gossip-bench-") as tmp:
+                    system = make(tmp)
+                    try:
+                        r = bench(system)
+                    finally:
+                        system.stop()
+                    runs[system.name].append(r)
+                    print(f"N={n:<3} {system.name:<7} join {fmt(r['join'], 's'):>9}  spread {fmt(r['spread'], 's'):>9}  "
+                          f"detect {fmt(r['detect'], 's'):>9}  gossip {fmt(r['bytes'], 'B/s'):>10}/node  rss {fmt(r['rss'], 'MiB'):>9}",
+                          flush=True)
+                time.sleep(2)
+        for name in ("muster", "serf"):
+            rows.append((n, name, {k: median([r[k] for r in runs[name]]) for k in runs[name][0]}))
     print()
+    print(f"median of {repeat} run(s) per row")
     print("| N | system | full membership | change to farthest | kill -9 detected | gossip bytes/node/s | RSS/agent |")
     print("|---|---|---|---|---|---|---|")
     for n, name, r in rows:

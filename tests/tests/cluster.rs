@@ -1,12 +1,10 @@
 //! The cluster end to end: real agents on 127.0.0.x join one seed over gossip, share their
 //! services, notice a crash (listed failed, services gone) and a graceful leave (listed
 //! left, services gone at once), teach a late joiner everything, take a restarted node
-//! back, and keep out an agent with the wrong key.
-//!
-//! DNS is not checked here: the DNS listener is not part of this branch; every read goes
-//! through the HTTP API, which serves the same snapshot.
+//! back, and keep out an agent with the wrong key. Answers are checked over HTTP and DNS.
 
-use muster_tests::{wait_for, Agent, AgentSpec};
+use hickory_proto::op::ResponseCode;
+use muster_tests::{dns_a, wait_for, Agent, AgentSpec};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -62,6 +60,12 @@ fn nodes_for(a: &Agent, name: &str) -> Vec<String> {
         .unwrap_or_default();
     nodes.sort();
     nodes
+}
+
+/// (rcode, addresses) of `NAME.service.local` A records from `a`'s DNS.
+fn dns_for(a: &Agent, name: &str) -> (ResponseCode, Vec<String>) {
+    let (rcode, addrs) = dns_a(a.dns(), &format!("{name}.service.local."));
+    (rcode, addrs.into_iter().collect())
 }
 
 fn catalog_nodes_for(a: &Agent, name: &str) -> Vec<String> {
@@ -133,6 +137,8 @@ fn five_agents_join_share_services_and_see_crashes_and_leaves() {
             nodes_for(a, "web") == ["n0"]
                 && nodes_for(a, "db") == ["n1"]
                 && catalog_nodes_for(a, "cache") == ["n2"]
+                && dns_for(a, "web") == (ResponseCode::NoError, vec!["127.0.0.3".into()])
+                && dns_for(a, "cache") == (ResponseCode::NoError, vec!["127.0.0.5".into()])
         });
         assert!(
             ok,
@@ -149,7 +155,9 @@ fn five_agents_join_share_services_and_see_crashes_and_leaves() {
     agents[1].kill9();
     for a in agents.iter().filter(|a| a.spec.name != "n1").chain([&seed]) {
         let ok = wait_for(DETECT, || {
-            status_of(a, "n1") == Some(4) && nodes_for(a, "db").is_empty()
+            status_of(a, "n1") == Some(4)
+                && nodes_for(a, "db").is_empty()
+                && dns_for(a, "db").0 == ResponseCode::NXDomain
         });
         assert!(
             ok,
@@ -167,7 +175,9 @@ fn five_agents_join_share_services_and_see_crashes_and_leaves() {
     assert_eq!(agents[2].wait_exit(Duration::from_secs(20)), Some(0));
     for a in [&agents[0], &agents[3], &agents[4], &seed] {
         let ok = wait_for(SPREAD, || {
-            status_of(a, "n2") == Some(3) && catalog_nodes_for(a, "cache").is_empty()
+            status_of(a, "n2") == Some(3)
+                && catalog_nodes_for(a, "cache").is_empty()
+                && dns_for(a, "cache").0 == ResponseCode::NXDomain
         });
         assert!(
             ok,
@@ -182,6 +192,7 @@ fn five_agents_join_share_services_and_see_crashes_and_leaves() {
     let late = start_joined("late", "127.0.0.9", &agents[3], &[]);
     let ok = wait_for(SPREAD, || {
         nodes_for(&late, "web") == ["n0"]
+            && dns_for(&late, "web").1 == ["127.0.0.3"]
             && status_of(&late, "n1") == Some(4)
             && status_of(&late, "n2") == Some(3)
             && status_of(&late, "seed") == Some(1)
