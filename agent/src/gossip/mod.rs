@@ -899,6 +899,18 @@ impl Gossip {
             tracing::info!(node = %name, "reaping member gone longer than reconnect_timeout");
             self.forget(&name).await;
         }
+        // Names that peers mentioned (records, leaves, partial records) but that are neither
+        // in the catalog nor members any more are dropped, so the ledger stays bounded.
+        let snap = self.shared.state.snapshot();
+        let members: std::collections::HashSet<String> = self
+            .swim
+            .iter_members()
+            .map(|m| m.id().name.clone())
+            .collect();
+        let me = self.me.name.clone();
+        self.ledger
+            .lock()
+            .retain_known(|n| n == me || members.contains(n) || snap.node(n).is_some());
     }
 
     /// Tells the cluster we are leaving: a leave notice (so peers list us as left and
