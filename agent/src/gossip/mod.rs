@@ -478,6 +478,14 @@ impl Gossip {
                 state.set_gossip_addr(&id.name, id.addr).await;
                 state.set_member_status(&id.name, MemberStatus::Alive).await;
                 if state.snapshot().node(&id.name).is_none() {
+                    // A member is a member as soon as SWIM says so (Consul's members list
+                    // is the gossip view): hold it in the catalog as a version-0
+                    // placeholder (address, no services) that its real record replaces.
+                    let dc = self.shared.config.load().datacenter.clone();
+                    let placeholder = NodeRecord::new(id.name.clone(), dc, id.addr.ip());
+                    state
+                        .apply_remote(placeholder, MemberStatus::Alive, Some(id.addr))
+                        .await;
                     self.awaited
                         .insert(id.name.clone(), (id, Instant::now() + RECORD_GRACE));
                 }
@@ -865,7 +873,9 @@ impl Gossip {
             return;
         }
         let snap = self.shared.state.snapshot();
-        self.awaited.retain(|name, _| snap.node(name).is_none());
+        // Still waiting while only the placeholder (version 0) is held.
+        self.awaited
+            .retain(|name, _| snap.node(name).is_none_or(|n| n.record.version == 0));
         let now = Instant::now();
         let due: Vec<NodeId> = self
             .awaited
