@@ -73,7 +73,9 @@ local tid = 0
 function setup(thread) tid = tid + 1; thread:set("tid", tid) end
 request = function()
   n = n + 1
-  local body = string.format('{"Name":"reg","ID":"reg-%d-%d","Port":%d,"Tags":["a"]}', tid, n, n % 65535)
+  -- Churn on one host: the same 100 services re-registered over and over (each PUT
+  -- replaces one, with a new port), so the node's size stays that of a busy host.
+  local body = string.format('{"Name":"reg","ID":"reg-%d","Port":%d,"Tags":["a"]}', n % 100, n % 65535)
   return wrk.format("PUT", "/v1/agent/service/register", {["Content-Type"]="application/json"}, body)
 end
 LUA
@@ -88,7 +90,7 @@ end
 function setup(thread) tid = tid + 1; thread:set("tid", tid) end
 request = function()
   n = n + 1
-  local body = string.format('{"key":"%s","value":"%s"}', b64(string.format("/svc/reg/%d-%d", tid, n)), b64('{"Port":80,"Tags":["a"]}'))
+  local body = string.format('{"key":"%s","value":"%s"}', b64(string.format("/svc/reg/%d", n % 100)), b64(string.format('{"Port":%d,"Tags":["a"]}', n % 65535)))
   return wrk.format("POST", "/v3/kv/put", {["Content-Type"]="application/json"}, body)
 end
 LUA
@@ -130,7 +132,8 @@ FIX1=$(DELAY_MS=2 run_wrk -t2 -c24 -d${DUR}s -s "$WORK/rate.lua" "http://$IP:$HP
 FIX100=$(DELAY_MS=2 run_wrk -t2 -c24 -d${DUR}s -s "$WORK/rate.lua" "http://$IP:$HP/v1/catalog/service/hundred")
 echo "fixed ~10k rps (rps p50ms p99ms): 1 instance: $FIX1; 100 instances: $FIX100"
 
-# Registrations: muster in --dev (memory only) and with a data_dir (fsync per write), etcd put.
+# Registrations (100 services re-registered in turn, see register.lua): muster in --dev
+# (memory only) and with a data_dir (fsync per write), etcd put of the same 100 keys.
 MREG=$(run_wrk -t2 -c8 -d${DUR}s -s "$WORK/register.lua" "http://$IP:$HP")
 HP2=$(port); DP2=$(port); GP2=$(port)
 $BIN agent --dev --node bench2 --http-port $HP2 --dns-port $DP2 --gossip-port $GP2 --data-dir "$WORK/data" --log-level warn &
