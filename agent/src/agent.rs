@@ -67,7 +67,7 @@ pub fn main(args: AgentArgs) -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{},hickory_server=warn,hickory_proto=warn",
+        "{},hickory_proto=warn",
         config.log_level
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
