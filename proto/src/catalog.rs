@@ -137,11 +137,6 @@ impl Catalog {
         self.local = Some(name.to_string());
     }
 
-    /// When protect mode began (agent clock, ms), if it is on.
-    pub fn protect_since(&self) -> Option<u64> {
-        self.protect.active_since()
-    }
-
     pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
         self.nodes.get(name)
     }
@@ -176,92 +171,72 @@ impl Catalog {
             }
         }
         let index = self.bump();
-        let mut touched_names: BTreeSet<String> = BTreeSet::new();
-        let mut service_indexes = BTreeMap::new();
-        let mut check_indexes = BTreeMap::new();
-        let (node_indexes, node_changed, services_changed, status_since_ms, status_changed) =
-            match &old {
-                None => {
-                    for svc in record.services.values() {
-                        touched_names.insert(svc.name.to_ascii_lowercase());
-                    }
-                    (
-                        Indexes {
-                            create: index,
-                            modify: index,
-                        },
-                        true,
-                        !record.services.is_empty(),
-                        now_ms,
-                        true,
-                    )
-                }
+        let old_node = old.as_deref();
+        // How the node itself changed; a new node counts as changed in every way.
+        let (node_indexes, node_changed, status_changed, status_since_ms, node_checks_changed) =
+            match old_node {
+                None => (
+                    Indexes {
+                        create: index,
+                        modify: index,
+                    },
+                    true,
+                    true,
+                    now_ms,
+                    true,
+                ),
                 Some(old) => {
+                    let status_changed = old.status != status;
                     let node_changed = old.record.address != record.address
                         || old.record.meta != record.meta
                         || old.record.datacenter != record.datacenter
-                        || old.status != status;
-                    let status_changed = old.status != status;
-                    // Any change to node-level checks or node status touches every instance.
+                        || status_changed;
                     let node_checks_changed = old
                         .record
                         .checks
                         .values()
                         .filter(|c| c.service_id.is_empty())
                         .ne(record.checks.values().filter(|c| c.service_id.is_empty()));
-                    let all = node_changed || node_checks_changed;
-                    let mut services_changed = false;
-                    for (id, svc) in &record.services {
-                        let prev = old.record.services.get(id);
-                        let svc_changed =
-                            prev != Some(svc) || !checks_equal(&old.record, &record, id);
-                        if prev.map(|p| (&p.name, &p.tags)) != Some((&svc.name, &svc.tags)) {
-                            services_changed = true;
-                        }
-                        if svc_changed || all {
-                            touched_names.insert(svc.name.to_ascii_lowercase());
-                        }
-                    }
-                    for (id, svc) in &old.record.services {
-                        if !record.services.contains_key(id) {
-                            services_changed = true;
-                            touched_names.insert(svc.name.to_ascii_lowercase());
-                        }
-                    }
-                    let since = if status_changed {
-                        now_ms
-                    } else {
-                        old.status_since_ms
-                    };
-                    let indexes = Indexes {
-                        create: old.indexes.create,
-                        modify: index,
-                    };
                     (
-                        indexes,
+                        Indexes {
+                            create: old.indexes.create,
+                            modify: index,
+                        },
                         node_changed,
-                        services_changed,
-                        since,
                         status_changed,
+                        if status_changed {
+                            now_ms
+                        } else {
+                            old.status_since_ms
+                        },
+                        node_checks_changed,
                     )
                 }
             };
-        let old_rec = old.as_ref().map(|o| &o.record);
+        // Any change to the node or its node-level checks touches every instance on it.
+        let touch_all = node_changed || node_checks_changed;
+        let mut touched_names: BTreeSet<String> = BTreeSet::new();
+        let mut services_changed = false;
+        let mut service_indexes = BTreeMap::new();
+        let mut check_indexes = BTreeMap::new();
+        // One pass per service: did it (or its checks) change, and what are its indexes.
         for (id, svc) in &record.services {
-            let prev = old.as_ref().and_then(|o| {
+            let prev = old_node.and_then(|o| {
                 o.record
                     .services
                     .get(id)
                     .map(|p| (p, o.service_indexes(id)))
             });
+            let unchanged = prev.is_some_and(|(p, _)| p == svc)
+                && old_node.is_some_and(|o| checks_equal(&o.record, &record, id));
+            if prev.map(|(p, _)| (&p.name, &p.tags)) != Some((&svc.name, &svc.tags)) {
+                services_changed = true;
+            }
+            if !unchanged || touch_all {
+                touched_names.insert(svc.name.to_ascii_lowercase());
+            }
             let idx = match prev {
-                Some((p, ix))
-                    if p == svc
-                        && old_rec.is_some_and(|o| checks_equal(o, &record, id))
-                        && !status_changed =>
-                {
-                    ix
-                }
+                Some((_, ix)) if unchanged && !status_changed => ix,
                 Some((_, ix)) => Indexes {
                     create: ix.create,
                     modify: index,
@@ -272,6 +247,14 @@ impl Catalog {
                 },
             };
             service_indexes.insert(id.clone(), idx);
+        }
+        if let Some(old) = old_node {
+            for (id, svc) in &old.record.services {
+                if !record.services.contains_key(id) {
+                    services_changed = true;
+                    touched_names.insert(svc.name.to_ascii_lowercase());
+                }
+            }
         }
         for (id, chk) in &record.checks {
             let prev = old
