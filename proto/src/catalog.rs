@@ -338,12 +338,12 @@ impl Catalog {
                             && n.serving()
                     })
                     .count();
-                for held in self.protect.on_failure(node, now_ms, serving_peers) {
+                for held in self.protect.on_failure(node, now_ms, serving_peers, 0) {
                     stale_changes.push((held, true));
                 }
             }
             MemberStatus::Alive | MemberStatus::Suspect => {
-                if let Some(released) = self.protect.on_alive(node) {
+                if let Some(released) = self.protect.on_alive(node, now_ms) {
                     stale_changes.extend(released.into_iter().map(|n| (n, false)));
                 }
             }

@@ -205,6 +205,24 @@ impl Fleet {
         true
     }
 
+    /// Whether `host` lists every other running host as alive and holds its current state.
+    pub fn holds_all(&self, host: usize) -> bool {
+        let hosts = &self.sim.hosts;
+        let Some(n) = hosts[host].node.as_ref() else {
+            return false;
+        };
+        hosts.iter().enumerate().all(|(x, hx)| {
+            x == host
+                || hx.node.as_ref().is_none_or(|nx| {
+                    n.member(&hx.name)
+                        .is_some_and(|m| m.status == MemberStatus::Alive)
+                        && n.data(&hx.name).is_some_and(|d| {
+                            d.stamp() == nx.own_data().stamp() && d.is_settled()
+                        })
+                })
+        })
+    }
+
     /// Every host's member list and state agree with the truth, in detail (slow: tests).
     pub fn check_exact(&self) -> Result<(), String> {
         let hosts = &self.sim.hosts;

@@ -98,11 +98,13 @@ pub type Want = (Name, u64, u64);
 /// A stream request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncRequest {
-    /// Opens an anti-entropy exchange (or a join): the sender's digest root.
+    /// Opens an anti-entropy exchange (or a join): the sender's digest root, and what the
+    /// sender holds of the server itself (a server held as down learns it here).
     Open {
         from: NodeId,
         join: bool,
         root: u64,
+        you: Option<Summary>,
     },
     /// The sender's summaries of every node in the buckets whose hashes differ.
     Compare {

@@ -49,14 +49,19 @@ const GAP_GRACE: Duration = Duration::from_millis(500);
 /// One more anti-entropy exchange this long after a join (changes made while the cluster
 /// did not know us yet were not pushed to us).
 const SETTLE_AFTER: Duration = Duration::from_secs(3);
+/// How often a failed member may be tried again, and how many such tries the whole cluster
+/// makes per round (each member tries with a chance of budget / members).
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+const RECONNECT_BUDGET: usize = 8;
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Client streams (syncs and fetches) open at once.
 const MAX_SESSIONS: usize = 8;
 /// A member's claim that a node is this many versions ahead of what we hold is refused.
 pub const MAX_VERSION_JUMP: u64 = 1 << 32;
-/// The same for boot stamps.
-pub const MAX_BOOT_JUMP: u64 = 1 << 32;
+/// No boot stamp or version above this is ever taken (no run could count that far; room
+/// is left to move above any accepted one).
+pub const MAX_STAMP: u64 = 1 << 62;
 /// How long a suspect has to answer the last check before it is declared down.
 const CONFIRM_WAIT: Duration = Duration::from_millis(500);
 /// Copies of the last check sent (each may be lost).
@@ -140,6 +145,7 @@ enum Tick {
     Pulls,
     Fetch,
     Settle,
+    Reconnect,
 }
 
 pub struct Node {
@@ -221,6 +227,7 @@ impl Node {
         let first_sync = node.jittered(now, node.sync_period());
         node.timers.schedule(first_sync, Tick::Sync);
         node.timers.schedule(now + REAP_EVERY, Tick::Reap);
+        node.timers.schedule(now + RECONNECT_EVERY, Tick::Reconnect);
         node
     }
 
@@ -337,7 +344,7 @@ impl Node {
                 }
                 Tick::Sync => {
                     if let Some(to) = self.random_members(1, None).into_iter().next() {
-                        self.start_sync(now, to.gossip_addr(), false);
+                        self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
                     }
                     let next = self.jittered(now, self.sync_period());
                     self.timers.schedule(next, Tick::Sync);
@@ -358,8 +365,13 @@ impl Node {
                 }
                 Tick::Settle => {
                     if let Some(to) = self.random_members(1, None).into_iter().next() {
-                        self.start_sync(now, to.gossip_addr(), false);
+                        self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
                     }
+                }
+                Tick::Reconnect => {
+                    self.protect_tick(now);
+                    self.reconnect(now);
+                    self.timers.schedule(now + RECONNECT_EVERY, Tick::Reconnect);
                 }
             }
         }
@@ -405,7 +417,7 @@ impl Node {
         // foca accepts an announce addressed to any identity at its address.
         let _ = self.swim.announce(NodeId::new("", addr, 0), &mut rt);
         self.drain_swim(now, rt);
-        self.start_sync(now, addr, true);
+        self.start_sync(now, addr, None, true);
     }
 
     /// Starts from a saved view of the cluster — members taken as alive, with the state held
@@ -580,6 +592,33 @@ impl Node {
         self.peers.random_up(&mut self.rng, n, except)
     }
 
+    /// Tries to reach a member held as failed: after a partition heals, neither side's SWIM
+    /// talks to the other (down is final for an identity), so a sync is opened directly; it
+    /// tells the other side we hold it as down (it moves to a new boot stamp) and shows us its
+    /// new identity, which SWIM then spreads on each side. The whole cluster makes about
+    /// `RECONNECT_BUDGET` such tries per round, whatever its size.
+    fn reconnect(&mut self, now: Duration) {
+        use rand10::RngExt;
+        let members = self.peers.up_count() + 1;
+        let chance = (RECONNECT_BUDGET as f64 / members as f64).min(1.0);
+        if self.rng.random::<f64>() >= chance {
+            return;
+        }
+        let failed: Vec<(Name, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter(|p| p.status == Some(MemberStatus::Failed))
+            .map(|p| (p.id.name().clone(), p.id.gossip_addr()))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let mut failed = failed;
+        failed.sort();
+        let (name, addr) = failed[self.rng.random_range(0..failed.len())].clone();
+        self.start_sync(now, addr, Some(name), false);
+    }
+
     /// Before a suspect is declared down, ask it directly (a few copies, as datagrams get
     /// lost): a live member that missed the news of its suspicion refutes it now and says so,
     /// instead of being declared down because its refutation never reached us. Returns
@@ -624,10 +663,10 @@ impl Node {
         if !boot_ahead && !data_ahead {
             return;
         }
-        if claim.boot.saturating_sub(my_boot) > MAX_BOOT_JUMP
-            || claim.left_boot.saturating_sub(my_boot) > MAX_BOOT_JUMP
-            || claim.version.saturating_sub(self.own.version) > MAX_VERSION_JUMP
-        {
+        // Claims about ourselves are taken however far ahead (a data directory lost, a clock
+        // set back: the cluster may remember anything of an earlier run), up to a ceiling no
+        // run could reach, so that moving above them can never overflow.
+        if claim.boot.max(claim.left_boot) > MAX_STAMP || claim.version > MAX_STAMP {
             self.stats.implausible += 1;
             return;
         }

@@ -467,7 +467,14 @@ impl Node {
         match (before, after) {
             (Some(MemberStatus::Alive), Some(MemberStatus::Failed)) => {
                 let serving = self.served_peers().saturating_sub(1);
-                let held = self.protect.on_failure(name, now.as_millis() as u64, serving);
+                let suspects = self
+                    .swim
+                    .iter_membership_state()
+                    .filter(|m| m.state() == foca::State::Suspect && m.id().name() != name)
+                    .count();
+                let held =
+                    self.protect
+                        .on_failure(name, now.as_millis() as u64, serving, suspects);
                 for h in held {
                     if let Some(p) = self.peers.get_mut(&h) {
                         p.held = true;
@@ -547,7 +554,7 @@ impl Node {
                 p.set_returned(None);
             }
             // Protect mode counts who is back; it may end here.
-            let _ = self.protect.on_alive(name);
+            let _ = self.protect.on_alive(name, now.as_millis() as u64);
         }
         // Held flags follow protect mode's verdict (held peers that are still failed).
         for name in self.peers.names_sorted() {
@@ -558,6 +565,20 @@ impl Node {
             self.tell(now, &name);
         }
         self.note_protect(now);
+    }
+
+    /// Ends protect mode once its grace has run out: held peers still missing are failed.
+    pub(super) fn protect_tick(&mut self, now: Duration) {
+        if self.protect.tick(now.as_millis() as u64).is_some() {
+            for name in self.peers.names_sorted() {
+                let held = self.protect.is_held(&name);
+                if let Some(p) = self.peers.get_mut(&name) {
+                    p.held = held && p.status == Some(MemberStatus::Failed);
+                }
+                self.tell(now, &name);
+            }
+            self.note_protect(now);
+        }
     }
 
     /// Forgets a node entirely (reaped or pruned).

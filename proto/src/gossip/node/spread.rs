@@ -268,7 +268,7 @@ impl Node {
             else {
                 continue;
             };
-            self.start_sync(now, addr, false);
+            self.start_sync(now, addr, Some(name), false);
         }
         let mut later = None;
         let mut due: Vec<(Name, SocketAddr)> = Vec::new();

@@ -11,7 +11,6 @@
 
 use super::super::data::{Delta, Name};
 use super::super::digest::bucket_of;
-use super::super::identity::NodeId;
 use super::super::wire::{self, Summary, SyncReply, SyncRequest, Want, SYNC_BUDGET};
 use super::{Claim, Event, Node, Tick, Transmit, SETTLE_AFTER};
 use crate::model::MemberStatus;
@@ -43,20 +42,23 @@ enum Kind {
 }
 
 impl Node {
-    /// Opens an anti-entropy exchange (a join, with `join`) with the member at `to`.
-    pub(super) fn start_sync(&mut self, now: Duration, to: SocketAddr, join: bool) {
+    /// Opens an anti-entropy exchange (a join, with `join`) with the member at `to`
+    /// (`server`, if we know its name).
+    pub(super) fn start_sync(
+        &mut self,
+        now: Duration,
+        to: SocketAddr,
+        server: Option<Name>,
+        join: bool,
+    ) {
         if !join && self.sessions.len() >= super::MAX_SESSIONS {
             return;
         }
-        let server = self
-            .peers
-            .iter()
-            .find(|p| p.id.gossip_addr() == to && p.status.is_some())
-            .map(|p| p.id.name().clone());
         let req = SyncRequest::Open {
             from: self.id().clone(),
             join,
             root: self.digest.root(),
+            you: server.as_deref().and_then(|n| self.summary_of(n)),
         };
         self.stats.syncs_started += 1;
         self.open_stream(
@@ -175,9 +177,12 @@ impl Node {
                     );
                 }
                 let mut rt = AccumulatingRuntime::new();
-                let mut learnt: Vec<Member<NodeId>> = members;
-                learnt.push(Member::alive(server.clone()));
-                let _ = self.swim.apply_many(learnt.into_iter(), false, &mut rt);
+                // The join's member table is no news to anyone; the server being alive (a
+                // later run of it, after a healed partition) may be.
+                let _ = self.swim.apply_many(members.into_iter(), false, &mut rt);
+                let _ = self
+                    .swim
+                    .apply_many(std::iter::once(Member::alive(server.clone())), true, &mut rt);
                 self.drain_swim(now, rt);
                 if join {
                     self.joined(session.to, Ok(()));
@@ -346,15 +351,26 @@ impl Node {
                 return None;
             }
         };
+        // Whoever opens a stream to us is alive (a joiner whose announce was lost, a member
+        // back from the other side of a partition under a new boot stamp).
+        let client = req.from().clone();
+        if client.name() != &self.cfg.name {
+            let mut rt = AccumulatingRuntime::new();
+            let _ = self
+                .swim
+                .apply_many(std::iter::once(Member::alive(client)), true, &mut rt);
+            self.drain_swim(now, rt);
+        }
         let reply = match req {
-            SyncRequest::Open { from: client, join, root } => {
-                if join && client.name() != &self.cfg.name {
-                    // The joiner's announce may have been lost: it is alive, it talks to us.
-                    let mut rt = AccumulatingRuntime::new();
-                    let _ = self
-                        .swim
-                        .apply_many(std::iter::once(Member::alive(client.clone())), true, &mut rt);
-                    self.drain_swim(now, rt);
+            SyncRequest::Open {
+                from: client,
+                join,
+                root,
+                you,
+            } => {
+                if let Some(me) = you {
+                    // The client holds us as down (or a later run of us): move past it.
+                    self.learn_summary(now, &me);
                 }
                 let you = self.summary_of(client.name());
                 let ours = self.digest.root();
@@ -524,11 +540,12 @@ impl Node {
         let newer_run = known.is_none_or(|(boot, status, _)| status.is_none() || s.id.boot() > boot);
         if s.up && newer_run {
             // Hearsay of a live member: SWIM takes it from here (probes it, and declares it
-            // down if it does not answer). Failed or left hearsay never creates a member.
+            // down if it does not answer), and passes a later run of it on. Failed or left
+            // hearsay never creates a member.
             let mut rt = AccumulatingRuntime::new();
             let _ = self
                 .swim
-                .apply_many(std::iter::once(Member::alive(s.id.clone())), false, &mut rt);
+                .apply_many(std::iter::once(Member::alive(s.id.clone())), true, &mut rt);
             self.drain_swim(now, rt);
         }
         if let Some((boot, _, left)) = known {
