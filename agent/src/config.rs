@@ -197,6 +197,7 @@ pub fn load(args: &crate::cli::AgentArgs) -> Result<Config, ConfigError> {
         })?;
         let mut f = FileApplier {
             file: name,
+            file_services: 0,
             config: &mut c,
             advertise_set: &mut advertise_set,
             services: &mut services,
@@ -260,6 +261,8 @@ struct PendingService {
 /// Applies one parsed file onto the configuration, naming the file in every error.
 struct FileApplier<'a> {
     file: String,
+    /// Services read so far from this file: errors number them within the file they name.
+    file_services: usize,
     config: &'a mut Config,
     advertise_set: &'a mut bool,
     services: &'a mut Vec<PendingService>,
@@ -498,7 +501,8 @@ impl FileApplier<'_> {
     }
 
     fn add_service(&mut self, list_key: &str, v: &toml::Value) -> Result<(), ConfigError> {
-        let key = format!("{list_key}[{}]", self.services.len());
+        let key = format!("{list_key}[{}]", self.file_services);
+        self.file_services += 1;
         let (def, uses_script) = service_from_toml(v)
             .map_err(|(sub, reason)| self.err(&join_key(&key, &sub), reason))?;
         self.services.push(PendingService {
@@ -1239,6 +1243,38 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
         assert_eq!(
             key_error("[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"").0,
             "service[1].id"
+        );
+    }
+
+    #[test]
+    fn services_are_numbered_within_the_file_an_error_names() {
+        let d = Dir::new();
+        let a = d.file(
+            "10-web.toml",
+            "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service]]\nname = \"c\"\n",
+        );
+        let b = d.file(
+            "zz-api.toml",
+            "[[service]]\nname = \"api\"\nprot = 80\n",
+        );
+        let e = load(&with_files(&[a.clone(), b.clone()])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: key service[0].prot: unknown key", b.display())
+        );
+        // A duplicate id is named by its place in its own file too.
+        let c = d.file(
+            "zz-dup.toml",
+            "[[service]]\nname = \"x\"\n[[service]]\nname = \"b\"\n",
+        );
+        let e = load(&with_files(&[a.clone(), c.clone()])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: key service[1].id: service id \"b\" is already defined in {}",
+                c.display(),
+                a.display()
+            )
         );
     }
 

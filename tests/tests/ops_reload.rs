@@ -130,6 +130,37 @@ fn sighup_applies_service_changes_and_a_broken_file_changes_nothing() {
     assert_eq!(catalog_ports(&agent, "api"), vec![9000]);
 }
 
+/// A reload error names the service by its place in the file it names, not by its place
+/// among every file's services (`zz-api.toml` holding one service said `service[4]`).
+#[test]
+fn a_reload_error_numbers_services_within_the_file_it_names() {
+    let dir = TempDir::new("reload-key");
+    let conf = dir.path().join("conf.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-web.toml"),
+        "[[service]]\nname = \"web\"\n[[service]]\nname = \"db\"\n[[service]]\nname = \"cache\"\n",
+    )
+    .unwrap();
+    std::fs::write(conf.join("20-q.toml"), "[[service]]\nname = \"queue\"\n").unwrap();
+    let agent = Agent::start(
+        AgentSpec::dev("reload2", "127.0.0.1").args(&["--config-dir", conf.to_str().unwrap()]),
+    );
+    assert_eq!(service_ids(&agent), vec!["cache", "db", "queue", "web"]);
+    let api = conf.join("zz-api.toml");
+    std::fs::write(&api, "[[service]]\nname = \"api\"\nprot = 9000\n").unwrap();
+    let r = agent.put("/v1/agent/reload", "");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.text().trim(),
+        format!(
+            "reload failed: {}: key service[0].prot: unknown key",
+            api.display()
+        )
+    );
+    assert_eq!(service_ids(&agent), vec!["cache", "db", "queue", "web"]);
+}
+
 /// Runs `muster agent` expecting it to refuse to start; returns (exit code, stderr).
 fn refused_start(args: &[&str]) -> (i32, String) {
     let out = Command::new(muster_bin())
