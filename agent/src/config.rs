@@ -1244,6 +1244,11 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
             key_error("[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"").0,
             "service[1].id"
         );
+        let (k, r) = key_error(
+            "[[service]]\nname = \"a\"\ncheck = { ttl = \"30s\", http = \"http://x\", interval = \"1s\" }",
+        );
+        assert_eq!(k, "service[0].check");
+        assert!(r.starts_with("ttl and http are both set"), "{r}");
     }
 
     #[test]
@@ -1253,10 +1258,7 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
             "10-web.toml",
             "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service]]\nname = \"c\"\n",
         );
-        let b = d.file(
-            "zz-api.toml",
-            "[[service]]\nname = \"api\"\nprot = 80\n",
-        );
+        let b = d.file("zz-api.toml", "[[service]]\nname = \"api\"\nprot = 80\n");
         let e = load(&with_files(&[a.clone(), b.clone()])).unwrap_err();
         assert_eq!(
             e.to_string(),

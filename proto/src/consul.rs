@@ -328,6 +328,7 @@ pub fn parse_check(
             )),
         }
     };
+    check_one_kind(&f, field)?;
     let kind = if let Some(ttl) = f.duration_ms(&["TTL"])? {
         if ttl == 0 {
             return Err(ValidationError::new(fname("TTL"), "must be more than 0"));
@@ -429,6 +430,61 @@ pub fn parse_check(
             .duration_ms(&["DeregisterCriticalServiceAfter", "DeregisterCriticalAfter"])?
             .unwrap_or(0),
     })
+}
+
+/// The fields that make a check of one kind, as muster runs them.
+const CHECK_KINDS: &[&[&str]] = &[&["TTL"], &["HTTP"], &["TCP"], &["Args", "ScriptArgs"]];
+/// Consul's other kinds, which muster does not run.
+const OTHER_CHECK_KINDS: &[&str] = &[
+    "GRPC",
+    "H2PING",
+    "UDP",
+    "OSService",
+    "AliasService",
+    "AliasNode",
+    "DockerContainerID",
+];
+
+/// A check is of exactly one kind: a definition that sets two (`TTL` with `HTTP`, say)
+/// is refused rather than quietly run as whichever is looked at first, and a kind muster
+/// does not run is named rather than reported as missing. Fields named in the error are
+/// spelled as the client wrote them; empty values count as unset, as Consul's decoder
+/// leaves them.
+fn check_one_kind(f: &Fields<'_>, field: &str) -> Result<(), ValidationError> {
+    let written = |names: &[&str]| -> Option<&str> {
+        let wanted: Vec<String> = names.iter().map(|n| norm(n)).collect();
+        f.map
+            .iter()
+            .find(|(k, v)| {
+                wanted.contains(&norm(k))
+                    && match v {
+                        Value::Null => false,
+                        Value::String(s) => !s.is_empty(),
+                        Value::Array(a) => !a.is_empty(),
+                        _ => true,
+                    }
+            })
+            .map(|(k, _)| k.as_str())
+    };
+    let set: Vec<&str> = CHECK_KINDS.iter().filter_map(|k| written(k)).collect();
+    if let Some((last, rest)) = set.split_last().filter(|_| set.len() > 1) {
+        let both = if rest.len() == 1 { "both" } else { "all" };
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{} and {last} are {both} set, but a check has one kind: \
+                 give only one of TTL, HTTP, TCP or Args",
+                rest.join(", ")
+            ),
+        ));
+    }
+    if let Some(other) = OTHER_CHECK_KINDS.iter().find_map(|k| written(&[k])) {
+        return Err(ValidationError::new(
+            format!("{field}.{other}"),
+            "muster does not run this kind of check (only TTL, HTTP, TCP and Args)",
+        ));
+    }
+    Ok(())
 }
 
 // ----- rendering -----
@@ -727,6 +783,48 @@ mod tests {
         );
         assert_eq!(e(json!({"Name": "web", "Check": {}})), "Check");
         assert_eq!(e(json!([1, 2])), "body");
+    }
+
+    #[test]
+    fn a_check_of_two_kinds_is_refused_naming_both() {
+        let e = |v: Value| {
+            let e = parse_registration(&v).unwrap_err();
+            (e.field, e.reason)
+        };
+        let (field, reason) = e(json!({"Name": "web",
+            "Check": {"TTL": "30s", "HTTP": "http://x", "Interval": "1s"}}));
+        assert_eq!(field, "Check");
+        assert_eq!(
+            reason,
+            "TTL and HTTP are both set, but a check has one kind: \
+             give only one of TTL, HTTP, TCP or Args"
+        );
+        // Named as written, in any case; in a list, the check's place.
+        let (field, reason) = e(json!({"Name": "web", "Checks": [{"TTL": "5s"},
+            {"tcp": "x:1", "script_args": ["/bin/true"], "http": "http://x", "interval": "1s"}]}));
+        assert_eq!(field, "Checks[1]");
+        assert!(
+            reason.starts_with("http, tcp and script_args are all set"),
+            "{reason}"
+        );
+        // Empty values are unset, as clients that send every field leave them.
+        let r = parse_registration(&json!({"Name": "web",
+            "Check": {"TTL": "5s", "HTTP": "", "TCP": "", "Args": [], "GRPC": ""}}))
+        .unwrap();
+        assert_eq!(r.checks[0].kind, CheckKind::Ttl { ttl_ms: 5_000 });
+        // Consul's kinds that muster does not run are named, not mistaken for another.
+        let (field, reason) = e(json!({"Name": "web", "Check": {"TTL": "5s", "GRPC": "x:1"}}));
+        assert_eq!(field, "Check.GRPC");
+        assert!(reason.contains("does not run"), "{reason}");
+        // The same rule for a check registered on its own.
+        let e = parse_check(
+            &json!({"Name": "c", "TCP": "x:1", "TTL": "5s"}),
+            "check",
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "check");
     }
 
     #[test]
