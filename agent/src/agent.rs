@@ -45,6 +45,7 @@ pub fn main(args: AgentArgs) -> ExitCode {
         }
     };
     init_logging(&config);
+    let log_json = config.log_json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,8 +58,13 @@ pub fn main(args: AgentArgs) -> ExitCode {
     };
     match runtime.block_on(run(config, args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // Said once: as a log line when logs are JSON (collectors parse every line), else
+        // as the `muster: <reason>` line every command ends with.
+        Err(e) if log_json => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("muster: {e:#}");
             ExitCode::FAILURE
         }

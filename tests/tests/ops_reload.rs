@@ -198,6 +198,54 @@ fn bad_files_stop_start_up_with_file_key_and_reason() {
     assert!(err.contains("--encrypt"), "{err}");
 }
 
+/// A fatal error after the config loaded (here: the HTTP port is taken) is printed once,
+/// as the last line, not as a log line and again as a `muster:` line.
+#[test]
+fn a_fatal_start_up_error_is_printed_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().port().to_string();
+    let dns = free_port("127.0.0.1").to_string();
+    let gossip = free_port("127.0.0.1").to_string();
+    let base = [
+        "--dev",
+        "--bind",
+        "127.0.0.1",
+        "--client",
+        "127.0.0.1",
+        "--http-port",
+        &http,
+        "--dns-port",
+        &dns,
+        "--gossip-port",
+        &gossip,
+    ];
+    let (code, err) = refused_start(&base);
+    assert_ne!(code, 0);
+    let want =
+        format!("muster: cannot listen for HTTP on 127.0.0.1:{http}: Address already in use");
+    assert_eq!(err.matches("cannot listen for HTTP").count(), 1, "{err}");
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .starts_with(&want),
+        "{err}"
+    );
+    // With JSON logs, it is one JSON line at level ERROR.
+    let mut json = base.to_vec();
+    json.push("--log-json");
+    let (code, err) = refused_start(&json);
+    assert_ne!(code, 0);
+    let hits: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cannot listen for HTTP"))
+        .collect();
+    assert_eq!(hits.len(), 1, "{err}");
+    let line: serde_json::Value = serde_json::from_str(hits[0]).expect("a JSON log line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+}
+
 /// Every file in config-examples/ starts a real agent. Addresses and ports come from flags
 /// (which win over files) so the agent stays on loopback with free ports; `--join` replaces
 /// an example's retry_join so nothing leaves 127.0.0.0/8.
