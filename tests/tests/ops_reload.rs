@@ -2,7 +2,8 @@
 //! `PUT /v1/agent/reload` apply file changes, a broken file keeps the running config, a bad
 //! file stops start-up naming file, key and reason, and every config example starts.
 
-use muster_tests::{free_port, muster_bin, wait_for, Agent, AgentSpec, TempDir};
+use hickory_proto::op::ResponseCode;
+use muster_tests::{dns_a, free_port, muster_bin, request, wait_for, Agent, AgentSpec, TempDir};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -282,5 +283,74 @@ fn every_config_example_starts_an_agent() {
             .unwrap()
             .len();
         assert_eq!(got, want, "{}", file.display());
+
+        // The example's domain is the one the names are made under: a service answers as
+        // web.service.<domain>. A domain that starts with "service" (or "node", "addr")
+        // would double the label the agent adds itself.
+        let domain = me["Config"]["Domain"].as_str().unwrap().to_string();
+        let first = domain.split('.').next().unwrap_or("");
+        assert!(
+            !["service", "node", "addr"].contains(&first),
+            "{}: domain {domain:?} makes names like web.service.{domain}",
+            file.display()
+        );
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let token = table
+            .get("http")
+            .and_then(|h| h.get("token"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("");
+        let r = request(
+            agent.http(),
+            "PUT",
+            "/v1/agent/service/register",
+            Some(br#"{"Name": "probe", "ID": "probe-1", "Port": 9999}"#),
+            &[("X-Consul-Token", token)],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (rcode, addrs) = dns_a(agent.dns(), &format!("probe.service.{domain}."));
+        assert_eq!(rcode, ResponseCode::NoError, "{}", file.display());
+        assert!(addrs.contains("127.0.0.1"), "{}: {addrs:?}", file.display());
+
+        // Recursors, if an example sets any, stay on the host's own network: an example
+        // copied as it is must not send the host's lookups to a third party.
+        let recursors = table
+            .get("dns")
+            .and_then(|d| d.get("recursors"))
+            .and_then(|r| r.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for r in recursors {
+            let r = r.as_str().unwrap();
+            let ip: std::net::IpAddr = r
+                .parse()
+                .or_else(|_| r.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+                .unwrap();
+            let local = match ip {
+                std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+                }
+            };
+            assert!(
+                local,
+                "{}: recursor {r} is a public resolver",
+                file.display()
+            );
+        }
     }
+    // The README's advice for hosts where `.local` is taken by mDNS: this example's names
+    // are the ones it tells resolvers to forward (`~service.internal`).
+    let example = examples.join("dns-tuning.toml");
+    let agent = Agent::start(
+        AgentSpec::dev("dnsex", "127.0.0.1").args(&["--config", example.to_str().unwrap()]),
+    );
+    let r = agent.put(
+        "/v1/agent/service/register",
+        r#"{"Name": "web", "ID": "web-1", "Port": 8080}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (rcode, addrs) = dns_a(agent.dns(), "web.service.internal.");
+    assert_eq!(rcode, ResponseCode::NoError);
+    assert_eq!(addrs.into_iter().collect::<Vec<_>>(), vec!["127.0.0.1"]);
 }
