@@ -265,6 +265,36 @@ fn dig_srv(line: &str, server: SocketAddr) -> (ResponseCode, Vec<u16>) {
     (m.metadata.response_code, ports)
 }
 
+/// The guide's path through files: `single-host.toml` installed as
+/// `/etc/muster/muster.toml`, then the guide's `web.toml` beside it, read as the unit reads
+/// them (`--config-dir`). The two must not clash (the example once declared a `web` too).
+#[test]
+fn the_guides_files_work_together() {
+    let blocks = sh_blocks("### Your first service");
+    let web = blocks[0]
+        .iter()
+        .find_map(|c| c.heredoc.clone())
+        .expect("the guide's web.toml");
+    let dir = TempDir::new("guide-files");
+    let etc = dir.path().join("etc-muster");
+    std::fs::create_dir_all(&etc).unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config-examples/single-host.toml"
+    );
+    std::fs::copy(example, etc.join("muster.toml")).unwrap();
+    std::fs::write(etc.join("web.toml"), web).unwrap();
+    let data = dir.path().join("data");
+    let mut spec = AgentSpec::dev("guide-files", "127.0.0.1");
+    spec.dev = false;
+    let agent = Agent::start(
+        spec.data_dir(&data)
+            .args(&["--config-dir", etc.to_str().unwrap()]),
+    );
+    let v = agent.get_json("/v1/agent/services");
+    assert_eq!(v["web"]["Port"], 8080, "{v}");
+}
+
 #[test]
 fn your_first_service_runs_as_written() {
     let blocks = sh_blocks("### Your first service");
