@@ -345,6 +345,24 @@ fn views_block_until_a_change_and_tell_when_a_check_changed() {
     assert_eq!(check["Status"], "critical");
     let age = check["StatusAgeMs"].as_u64().expect("an age");
     assert!(age < 60_000, "changed moments ago: {age} ms");
+    // Registering the same service again keeps the check, its status and when it began.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = request(
+        a.http(),
+        "PUT",
+        "/v1/agent/service/register",
+        Some(reg.as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let view = a.get_json("/v1/internal/ui/service/web");
+    let check = &view["Instances"][0]["Checks"][0];
+    assert_eq!(check["Status"], "critical");
+    let kept = check["StatusAgeMs"].as_u64().expect("an age");
+    assert!(
+        kept >= age + 1000,
+        "re-registering kept the time ({age} ms, then {kept} ms)"
+    );
     // Consul's check JSON has no such field, so the agent API does not grow one.
     let checks = a.get_json("/v1/agent/checks");
     assert!(checks["web-ttl"].get("StatusChangedMs").is_none());
