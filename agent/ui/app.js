@@ -160,9 +160,15 @@ function showError(message) {
   b.hidden = false;
 }
 
+// Resolves after `ms`, or at once when `signal` aborts (leaving no listener behind).
 const sleep = (ms, signal) => new Promise((resolve) => {
-  const t = setTimeout(resolve, ms);
-  signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+  const done = () => {
+    clearTimeout(t);
+    signal.removeEventListener('abort', done);
+    resolve();
+  };
+  const t = setTimeout(done, ms);
+  signal.addEventListener('abort', done);
 });
 
 // Reads `path` again and again as a blocking query; calls `onData(body, receivedAt)` with
@@ -185,8 +191,9 @@ async function follow(path, signal, onData) {
       showError(null);
       setLive('ok', 'live');
       failures = 0;
-      // An index that went backwards (the agent restarted) starts over, as Consul's
-      // blocking-query rules say.
+      // A moved index means new data; one that went backwards (the agent restarted) too,
+      // and the next read blocks from there. An answer at the same index is the wait
+      // running out: nothing to redraw.
       if (next !== index || index === 0) onData(body, receivedAt);
       index = next > 0 ? next : 0;
       const spent = performance.now() - started;
