@@ -37,7 +37,13 @@ async function api(addr, method, p, body) {
   return text;
 }
 
+// Node loads its HTTP client on the first fetch (some 100 ms): do that before anything timed.
+async function warmUp() {
+  await (await fetch(`http://${cfg.a}/v1/agent/self`)).text();
+}
+
 async function launch() {
+  await warmUp();
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'muster-ui-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -76,6 +82,30 @@ async function shoot(page, name) {
 
 const rowOf = (page, service) => page.locator(`tr[data-service="${service}"]`);
 
+// Delays are measured in the page: `arm` installs an observer that notes the wall-clock
+// time at which `selector` first matches (or, with `gone`, stops matching); `seenAfter`
+// waits for it and returns how long after `t0` (Date.now() here, before the action) that
+// was. Browser and test run on the same machine, so their wall clocks agree.
+async function arm(page, selector, gone = false) {
+  await page.evaluate(([sel, whenGone]) => {
+    window.__when = null;
+    const check = () => {
+      if (window.__when === null && (document.querySelector(sel) === null) === whenGone) {
+        window.__when = performance.timeOrigin + performance.now();
+      }
+    };
+    window.__observer = new MutationObserver(check);
+    window.__observer.observe(document.documentElement, { subtree: true, childList: true, attributes: true });
+    check();
+  }, [selector, gone]);
+}
+
+async function seenAfter(page, t0, timeout = 15000) {
+  await page.waitForFunction(() => window.__when !== null, null, { timeout });
+  const when = await page.evaluate(() => { window.__observer.disconnect(); return window.__when; });
+  return Math.round(when - t0);
+}
+
 // Waits until a service row's health reads all of `wants` (e.g. ['1 passing', '1 critical']).
 async function waitHealth(page, service, wants, timeout = 15000) {
   await page.waitForFunction(([name, ws]) => {
@@ -95,7 +125,6 @@ async function cluster() {
   const { context, close } = await launch();
   try {
     const { page, seen } = await watchedPage(context);
-    const ms = (t0) => Math.round(performance.now() - t0);
 
     // GET / is sent on to /ui/.
     await page.goto(`http://${cfg.a}/`);
@@ -136,10 +165,10 @@ async function cluster() {
     log('service page: both instances with node, address:port, tags, meta, weights and checks');
 
     // A TTL check failed through the API turns the instance critical on the open page.
-    let t0 = performance.now();
+    await arm(page, `section.card[data-node="${cfg.nodeB}"][data-id="web-b"][data-health="critical"]`);
+    let t0 = Date.now();
     await api(cfg.b, 'PUT', '/v1/agent/check/fail/web-b-ttl?note=' + encodeURIComponent('connection refused on :8081'));
-    await page.locator(`section.card[data-node="${cfg.nodeB}"][data-id="web-b"][data-health="critical"]`).waitFor({ timeout: 15000 });
-    log(`failed TTL check shown critical after ${ms(t0)} ms (API write on the other agent, then gossip, then the page's blocking read)`);
+    log(`failed TTL check shown critical ${await seenAfter(page, t0)} ms after the API call (a write on the other agent, gossip, then the page's blocking read)`);
     const check = cardB.locator('tr[data-check="web-b-ttl"]');
     assert(await check.getAttribute('data-status') === 'critical', 'check row critical');
     const checkText = await check.innerText();
@@ -155,10 +184,10 @@ async function cluster() {
     log('services page: web now 1 passing, 1 critical');
 
     // A deregistered service disappears from the open page.
-    t0 = performance.now();
+    await arm(page, 'tr[data-service="api"]', true);
+    t0 = Date.now();
     await api(cfg.a, 'PUT', '/v1/agent/service/deregister/api-1');
-    await rowOf(page, 'api').waitFor({ state: 'detached', timeout: 15000 });
-    log(`deregistered service gone from the page after ${ms(t0)} ms`);
+    log(`deregistered service gone from the page ${await seenAfter(page, t0)} ms after the API call`);
 
     // Catalog values are text: a meta of <script>alert(1)</script> and a check output of
     // <img onerror=…> show as those characters and run nothing.
@@ -195,12 +224,13 @@ async function cluster() {
     await page.locator(`tr[data-node="${cfg.nodeB}"][data-status="alive"]`).waitFor();
     const rowA = await page.locator(`tr[data-node="${cfg.nodeA}"]`).innerText();
     assert(rowA.includes('alive') && rowA.includes(cfg.a.split(':')[0]) && rowA.includes('rack') && rowA.includes('r1'), `node row: ${rowA}`);
-    t0 = performance.now();
+    await arm(page, `tr[data-node="${cfg.nodeB}"][data-status="failed"]`);
+    t0 = Date.now();
     process.kill(cfg.pidB, 'SIGKILL');
-    await page.locator(`tr[data-node="${cfg.nodeB}"][data-status="failed"]`).waitFor({ timeout: 60000 });
+    const failedAfter = await seenAfter(page, t0, 60000);
     const rowB = await page.locator(`tr[data-node="${cfg.nodeB}"]`).innerText();
     assert(rowB.includes('failed') && /ago/.test(rowB), `failed row: ${rowB}`);
-    log(`killed agent shown failed on the nodes page after ${ms(t0)} ms (SWIM detection included)`);
+    log(`killed agent shown failed on the nodes page ${failedAfter} ms after kill -9 (SWIM detection included)`);
     await page.setViewportSize({ width: 390, height: 844 });
     await fitsWidth(page, 'nodes page at 390px');
 
@@ -243,13 +273,14 @@ async function load() {
     log(`filter over ${cfg.services} rows: ${Math.round(performance.now() - f0)} ms including the test's round trips`);
     await page.fill('input.filter', '');
     // A change of one service re-renders one row, not the list.
-    const u0 = performance.now();
     await page.evaluate(() => { window.__firstRow = document.querySelector('tr[data-service="svc-0001"]'); });
+    await arm(page, 'tr[data-service="svc-0500"] .pill.critical');
+    const u0 = Date.now();
     await api(cfg.a, 'PUT', '/v1/agent/check/fail/ttl-0500');
-    await page.locator('tr[data-service="svc-0500"] .pill.critical').waitFor({ timeout: 15000 });
+    const shownAfter = await seenAfter(page, u0);
     const kept = await page.evaluate(() => window.__firstRow === document.querySelector('tr[data-service="svc-0001"]'));
     assert(kept, 'unchanged rows are kept, not rebuilt');
-    log(`one check failed among ${cfg.services} services: shown after ${Math.round(performance.now() - u0)} ms; other rows untouched`);
+    log(`one check failed among ${cfg.services} services: shown ${shownAfter} ms after the API call; other rows untouched`);
     assert(seen.errors.length === 0, `no page errors: ${seen.errors}`);
     log('ok');
   } catch (e) {
@@ -266,14 +297,15 @@ async function protect() {
     await page.goto(`http://${cfg.a}/ui/#/service/web`);
     await page.locator('section.card').nth(cfg.pids.length - 1).waitFor();
     assert(await page.locator('#protect').isHidden(), 'no banner while the cluster is whole');
-    const t0 = performance.now();
+    await arm(page, '#protect:not([hidden])');
+    const t0 = Date.now();
     for (const pid of cfg.pids) process.kill(pid, 'SIGKILL');
-    await page.locator('#protect').waitFor({ state: 'visible', timeout: 60000 });
+    const bannerAfter = await seenAfter(page, t0, 60000);
     const banner = await page.locator('#protect').innerText();
     assert(banner.includes('Protect mode'), `banner: ${banner}`);
     await page.locator('section.card .pill.stale').first().waitFor({ timeout: 15000 });
     const stale = await page.locator('section.card .pill.stale').count();
-    log(`protect-mode banner shown ${Math.round(performance.now() - t0)} ms after ${cfg.pids.length} peers were killed; ${stale} instances marked stale`);
+    log(`protect-mode banner shown ${bannerAfter} ms after ${cfg.pids.length} peers were killed; ${stale} instances marked stale`);
     await page.goto(`http://${cfg.a}/ui/#/services`);
     await page.locator('#protect').waitFor({ state: 'visible', timeout: 15000 });
     await page.locator('tr[data-service="web"] .pill.stale').waitFor({ timeout: 15000 });
