@@ -239,6 +239,26 @@ mod tests {
     }
 
     #[test]
+    fn check_files_from_before_status_times_still_load() {
+        // A node-level check as stored before `status_changed_ms` existed.
+        let d = tmpdir("old-check");
+        let store = Store::open(&d).unwrap();
+        let old = r#"{"format": 1, "check": {"id": "disk", "name": "disk", "status": "warning",
+            "notes": "", "output": "92% full", "service_id": "", "kind": {"Ttl": {"ttl_ms": 60000}},
+            "deregister_critical_after_ms": 0}}"#;
+        fs::write(d.join("checks/old.json"), old).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.quarantined.is_empty(), "{:?}", loaded.quarantined);
+        assert_eq!(loaded.checks.len(), 1);
+        assert_eq!(loaded.checks[0].output, "92% full");
+        assert_eq!(
+            loaded.checks[0].status_changed_ms, 0,
+            "unknown, not invented"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn corrupt_record_is_moved_aside() {
         let d = tmpdir("corrupt");
         let store = Store::open(&d).unwrap();

@@ -429,6 +429,8 @@ pub fn parse_check(
         deregister_critical_after_ms: f
             .duration_ms(&["DeregisterCriticalServiceAfter", "DeregisterCriticalAfter"])?
             .unwrap_or(0),
+        // Stamped by the agent when the check is put in place.
+        status_changed_ms: 0,
     })
 }
 
@@ -625,6 +627,7 @@ pub fn serf_health(entry: &NodeEntry) -> Check {
         service_id: String::new(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,
+        status_changed_ms: 0,
     }
 }
 

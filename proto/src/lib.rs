@@ -11,6 +11,7 @@ pub mod duration;
 pub mod gossip;
 pub mod model;
 pub mod protect;
+pub mod status_page;
 pub mod validate;
 
 pub use catalog::{Catalog, Instance, NodeEntry, Snapshot};

@@ -127,6 +127,11 @@ pub struct Check {
     pub kind: CheckKind,
     /// Remove the service after it has been critical this long (0 = never).
     pub deregister_critical_after_ms: u64,
+    /// When `status` last changed (or the check was created), on the owning agent's wall
+    /// clock, in Unix milliseconds; 0 when unknown (checks stored by older versions). Only
+    /// the web status page shows it: Consul's check JSON has no such field.
+    #[serde(default)]
+    pub status_changed_ms: u64,
 }
 
 /// Longest check output (and notes) kept, in bytes: outputs travel in every gossip copy of

@@ -352,6 +352,7 @@ mod tests {
             service_id: service.into(),
             kind: CheckKind::Ttl { ttl_ms: 1000 },
             deregister_critical_after_ms: dereg_ms,
+            status_changed_ms: 0,
         }
     }
 

@@ -1,13 +1,16 @@
 //! The HTTP API listener (SPEC §4): hyper connections, routing, and what every endpoint
 //! shares — body limits, the write token, Consul's headers, blocking queries.
 //!
-//! Handlers live in `agent_api` (this agent's own services and checks) and `catalog_api`
-//! (cluster-wide reads). Each returns a [`Reply`]; turning replies and errors into HTTP is
-//! done here once, so every endpoint speaks the same status codes.
+//! Handlers live in `agent_api` (this agent's own services and checks), `catalog_api`
+//! (cluster-wide reads) and `ui_api` (the status page's views; its files are in `ui`).
+//! Each returns a [`Reply`]; turning replies and errors into HTTP is done here once, so
+//! every endpoint speaks the same status codes.
 
 mod agent_api;
 mod cache;
 mod catalog_api;
+mod ui;
+mod ui_api;
 
 use crate::agent::{Shared, Stop};
 use bytes::Bytes;
@@ -459,6 +462,9 @@ async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiEr
 }
 
 async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
+    if let Some(page) = ui::serve(&req) {
+        return page;
+    }
     let route = route_template(req.uri().path());
     let result = prepare_and_route(req, shared.clone()).await;
     let reply = match result {
@@ -542,6 +548,7 @@ async fn route(call: Call) -> ApiResult {
     match segs.as_slice() {
         ["agent", ..] => agent_api::route(&call).await,
         ["catalog", ..] | ["health", ..] | ["status", ..] => catalog_api::route(&call).await,
+        ["internal", "ui", ..] => ui_api::route(&call).await,
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint /v1/{}",
             call.segments.join("/")
@@ -586,6 +593,9 @@ const ROUTE_TEMPLATES: &[&str] = &[
     "/v1/health/state/:state",
     "/v1/status/leader",
     "/v1/status/peers",
+    "/v1/internal/ui/services",
+    "/v1/internal/ui/service/:service",
+    "/v1/internal/ui/nodes",
 ];
 
 /// The template of `path` from [`ROUTE_TEMPLATES`] (first match wins, so fixed segments
