@@ -29,7 +29,7 @@ pub fn finish(r: Result<(), String>) -> ExitCode {
 }
 
 /// An answer from the agent.
-struct Response {
+pub(crate) struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -43,7 +43,7 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Result<Value, String> {
+    pub(crate) fn json(&self) -> Result<Value, String> {
         serde_json::from_slice(&self.body)
             .map_err(|e| format!("agent sent a response that is not JSON: {e}"))
     }
@@ -118,7 +118,12 @@ impl Agent {
     }
 
     /// A request whose answer must be 2xx; otherwise the agent's message is the reason.
-    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
         let r = self.request(method, path, body, Duration::from_secs(60))?;
         expect_ok(r)
     }
@@ -231,7 +236,7 @@ fn read_response(s: TcpStream) -> Result<Response, String> {
 }
 
 /// Escapes a path segment (service ids and names may hold characters URLs reserve).
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
