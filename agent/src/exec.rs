@@ -181,7 +181,7 @@ impl Plan {
         };
         // The agent's own rules, now, so a typo is reported before PROGRAM starts. (The PID
         // is a stand-in: it is bound by the agent, not here.)
-        consul::parse_registration(&plan.registration("stand-in", 1))
+        consul::parse_registration(&plan.registration(&plan.service_id(1), 1))
             .map_err(|e| format!("{}: {}", flag_of(&e.field), e.reason))?;
         Ok(plan)
     }
@@ -622,6 +622,7 @@ mod tests {
             "p"
         ])
         .starts_with("--interval:"));
+        assert!(e(&["--service", "w", "--id", "a/b", "--", "p"]).starts_with("--id:"));
         assert!(
             e(&["--service", "w", "--address", "not an address", "--", "p"])
                 .starts_with("--address:")

@@ -94,8 +94,7 @@ pub fn bind_config_services(defs: Vec<ServiceDefinition>) -> (Vec<ServiceDefinit
     let mut skipped = Vec::new();
     'services: for mut def in defs {
         for check in &mut def.checks {
-            let field = format!("check {:?}", check.id);
-            if let Err(e) = consul::bind_process(check, &field, observe_watchable) {
+            if let Err(e) = consul::bind_process(check, "check", observe_watchable) {
                 skipped.push(format!(
                     "service {:?} not registered: {}",
                     def.service.id, e.reason
