@@ -183,7 +183,23 @@ async fn cannot_watch(state: &State, id: &str, reason: String) {
 /// until it is done or the check is gone. A node-level check stays critical: there is no
 /// service to remove, and a node check is how a node is marked unhealthy.
 async fn gone(state: &State, id: &str, pid: u32, recorded: u64, verdict: Liveness) {
-    let Some(service) = state.local().checks.get(id).map(|c| c.service_id.clone()) else {
+    // The check may have been registered anew meanwhile (same id, another process, e.g. a
+    // restarted `muster exec --id`): then this verdict is not about it, and its service
+    // must stay. Looked at before each change (the runner of a replaced check is being
+    // stopped by the supervisor; this closes the gap until it is).
+    let bound = CheckKind::Process {
+        pid,
+        start_time: recorded,
+    };
+    let still_ours = || {
+        let local = state.local();
+        local
+            .checks
+            .get(id)
+            .filter(|c| c.kind == bound)
+            .map(|c| c.service_id.clone())
+    };
+    let Some(service) = still_ours() else {
         return;
     };
     let output = process::describe(pid, recorded, verdict);
@@ -198,15 +214,12 @@ async fn gone(state: &State, id: &str, pid: u32, recorded: u64, verdict: Livenes
         return;
     }
     tracing::info!(check = %id, service = %service, "{output}: deregistering the service");
-    loop {
+    while still_ours().is_some() {
         match state.deregister_service(&service).await {
             Ok(()) | Err(StateError::UnknownService(_)) => return,
             Err(e) => {
                 tracing::warn!(service = %service, error = %e, "could not deregister the service of an exited process; retrying");
                 tokio::time::sleep(DEREGISTER_RETRY).await;
-                if !state.local().services.contains_key(&service) {
-                    return;
-                }
             }
         }
     }
@@ -215,6 +228,108 @@ async fn gone(state: &State, id: &str, pid: u32, recorded: u64, verdict: Livenes
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Source;
+    use muster_proto::model::{Check, Service, Weights};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn state() -> Arc<State> {
+        State::new(
+            "n1".into(),
+            "dc1".into(),
+            "127.0.0.1".parse().unwrap(),
+            BTreeMap::new(),
+            None,
+        )
+    }
+
+    /// Registers service `id` with a process check on `pid`, bound as the API binds it.
+    async fn register(state: &State, id: &str, pid: u32) -> Check {
+        let mut check = Check {
+            id: format!("service:{id}"),
+            name: "p".into(),
+            status: HealthStatus::Critical,
+            notes: String::new(),
+            output: String::new(),
+            service_id: id.into(),
+            kind: CheckKind::Process { pid, start_time: 0 },
+            deregister_critical_after_ms: 0,
+        };
+        consul::bind_process(&mut check, "Check", observe_watchable).unwrap();
+        let service = Service {
+            id: id.into(),
+            name: "web".into(),
+            tags: vec![],
+            address: String::new(),
+            port: 80,
+            meta: BTreeMap::new(),
+            weights: Weights::default(),
+            enable_tag_override: false,
+        };
+        let def = ServiceDefinition {
+            service,
+            checks: vec![check.clone()],
+        };
+        state
+            .register_service(def, Source::Http, false)
+            .await
+            .unwrap();
+        check
+    }
+
+    #[tokio::test]
+    async fn the_service_goes_when_its_process_exits() {
+        let state = state();
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let check = register(&state, "web-1", pid).await;
+        let CheckKind::Process { start_time, .. } = check.kind else {
+            panic!("not a process check");
+        };
+        assert_eq!(check.status, HealthStatus::Passing);
+        let runner = tokio::spawn({
+            let state = state.clone();
+            async move { run(&state, "service:web-1", pid, start_time).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(state.local().services.contains_key("web-1"));
+        child.kill().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), runner)
+            .await
+            .expect("the runner acts on the exit")
+            .unwrap();
+        assert!(state.local().services.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_verdict_on_an_earlier_process_leaves_a_new_registration_alone() {
+        let state = state();
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let now = register(&state, "web-1", pid).await;
+        // A verdict about the same id bound to an earlier process (another start time).
+        let CheckKind::Process { start_time, .. } = now.kind else {
+            panic!("not a process check");
+        };
+        gone(
+            &state,
+            "service:web-1",
+            pid,
+            start_time + 1,
+            Liveness::Exited,
+        )
+        .await;
+        let local = state.local();
+        assert!(local.services.contains_key("web-1"));
+        assert_eq!(local.checks["service:web-1"].status, HealthStatus::Passing);
+        child.kill().await.unwrap();
+    }
 
     #[test]
     fn observes_this_process_and_not_a_missing_one() {
