@@ -114,9 +114,14 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
             "restored registrations from data_dir"
         );
         state.restore(loaded).await;
+        crate::checks::process::judge_restored(&state).await;
+    }
+    let (services, skipped) = crate::checks::process::bind_config_services(config.services.clone());
+    for reason in &skipped {
+        tracing::warn!("config: {reason}");
     }
     state
-        .apply_config_services(config.services.clone())
+        .apply_config_services(services)
         .await
         .map_err(|e| anyhow::anyhow!("config services: {e}"))?;
 
@@ -257,11 +262,8 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         new.log_level = old.log_level.clone();
         new.log_json = old.log_json;
     }
-    let (added, changed, removed) = match shared
-        .state
-        .apply_config_services(new.services.clone())
-        .await
-    {
+    let (services, skipped) = crate::checks::process::bind_config_services(new.services.clone());
+    let (added, changed, removed) = match shared.state.apply_config_services(services).await {
         Ok(counts) => counts,
         Err(e) => {
             crate::metrics::METRICS
@@ -272,9 +274,12 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
     };
     crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
     shared.config.store(Arc::new(new));
-    Ok(format!(
-        "config services: {added} added, {changed} changed, {removed} removed"
-    ))
+    let mut msg = format!("config services: {added} added, {changed} changed, {removed} removed");
+    for reason in skipped {
+        msg.push_str("; ");
+        msg.push_str(&reason);
+    }
+    Ok(msg)
 }
 
 /// Settings a reload cannot apply to a running agent (sockets, identity, storage).

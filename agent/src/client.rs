@@ -41,7 +41,7 @@ pub fn finish(r: Result<(), String>) -> ExitCode {
 }
 
 /// An answer from the agent.
-struct Response {
+pub(crate) struct Response {
     status: u16,
     headers: hyper::HeaderMap,
     body: Bytes,
@@ -52,7 +52,7 @@ impl Response {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn json(&self) -> Result<Value, String> {
+    pub(crate) fn json(&self) -> Result<Value, String> {
         serde_json::from_slice(&self.body)
             .map_err(|e| format!("agent sent a response that is not JSON: {e}"))
     }
@@ -160,7 +160,12 @@ impl Agent {
     }
 
     /// A request whose answer must be 2xx; otherwise the agent's message is the reason.
-    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
         let r = self.request(method, path, body, ANSWER_TIMEOUT)?;
         expect_ok(r)
     }
@@ -276,7 +281,7 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// Escapes a path segment (service ids and names may hold characters URLs reserve).
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {

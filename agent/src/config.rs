@@ -555,6 +555,7 @@ const CHECK_KEYS: &[&str] = &[
     "tls_skip_verify",
     "status",
     "notes",
+    "pid",
 ];
 
 /// Converts one `[[service]]` table (also the format of `muster register FILE`) into a
@@ -1072,6 +1073,28 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
         assert_eq!(worker.checks[0].id, "worker-ttl");
         assert_eq!(worker.checks[0].name, "beat");
         assert_eq!(worker.checks[0].status, muster_proto::HealthStatus::Passing);
+    }
+
+    #[test]
+    fn process_checks_in_files_name_a_pid() {
+        let c = load_text("[[service]]\nname = \"web\"\ncheck = { pid = 1234 }\n").unwrap();
+        // Parsed only: the agent binds the start time when it applies the service.
+        assert_eq!(
+            c.services[0].checks[0].kind,
+            muster_proto::CheckKind::Process {
+                pid: 1234,
+                start_time: 0
+            }
+        );
+        let (k, r) = key_error("[[service]]\nname = \"web\"\ncheck = { pid = 0 }\n");
+        assert_eq!(
+            (k.as_str(), r.as_str()),
+            ("service[0].check.pid", "0 is not a process id")
+        );
+        let (k, _) = key_error(
+            "[[service]]\nname = \"web\"\nchecks = [{ ttl = \"5s\" }, { pid = \"12\" }]\n",
+        );
+        assert_eq!(k, "service[0].checks[1].pid");
     }
 
     #[test]

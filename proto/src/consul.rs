@@ -10,6 +10,7 @@ use crate::duration;
 use crate::model::{
     Check, CheckKind, HealthStatus, NodeRecord, Service, Weights, SERF_HEALTH_CHECK,
 };
+use crate::process::{self, Liveness, ProcStat};
 use crate::validate::{self, ValidationError};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -239,11 +240,7 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
     let many = defs.len() > 1;
     let mut checks = Vec::with_capacity(defs.len());
     for (i, def) in defs.into_iter().enumerate() {
-        let field = if many {
-            format!("Checks[{i}]")
-        } else {
-            "Check".to_string()
-        };
+        let field = check_field(i, many);
         let default_id = if many {
             format!("service:{id}:{}", i + 1)
         } else {
@@ -263,6 +260,61 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
         }
     }
     Ok(Registration { service, checks })
+}
+
+/// The field a registration's `i`-th check is named by in errors: `Check` when there is
+/// only one (however it was written), `Checks[i]` otherwise.
+fn check_field(i: usize, many: bool) -> String {
+    if many {
+        format!("Checks[{i}]")
+    } else {
+        "Check".to_string()
+    }
+}
+
+/// Binds the process checks of a parsed registration to the processes they name (see
+/// [`bind_process`]), naming the check's field in any refusal.
+pub fn bind_processes(
+    reg: &mut Registration,
+    observe: impl Fn(u32) -> Result<Option<ProcStat>, String>,
+) -> Result<(), ValidationError> {
+    let many = reg.checks.len() > 1;
+    for (i, check) in reg.checks.iter_mut().enumerate() {
+        bind_process(check, &check_field(i, many), &observe)?;
+    }
+    Ok(())
+}
+
+/// Binds a process check to the process its PID names now: records that process's start
+/// time and makes the check passing. `observe` is the host's word on a PID (`Ok(None)`: no
+/// such process; `Err`: it cannot tell, e.g. no pidfd support). A process that is not running
+/// is refused: a registration bound to a dead process would be born dead. Checks of other
+/// kinds are left alone. `field` prefixes error names, as in [`parse_check`].
+pub fn bind_process(
+    check: &mut Check,
+    field: &str,
+    observe: impl Fn(u32) -> Result<Option<ProcStat>, String>,
+) -> Result<(), ValidationError> {
+    let CheckKind::Process { pid, start_time } = &mut check.kind else {
+        return Ok(());
+    };
+    let pid_field = format!("{field}.PID");
+    match observe(*pid).map_err(|reason| ValidationError::new(&pid_field, reason))? {
+        None => Err(ValidationError::new(
+            pid_field,
+            format!("no process with PID {pid} is running"),
+        )),
+        Some(stat) if stat.exited() => Err(ValidationError::new(
+            pid_field,
+            format!("process {pid} has exited (only its zombie is left)"),
+        )),
+        Some(stat) => {
+            *start_time = stat.start_time;
+            check.status = HealthStatus::Passing;
+            check.output = process::describe(*pid, stat.start_time, Liveness::Running);
+            Ok(())
+        }
+    }
 }
 
 fn weight(w: &Fields<'_>, name: &str) -> Result<u32, ValidationError> {
@@ -406,10 +458,19 @@ pub fn parse_check(
             interval_ms: need_interval("script")?,
             timeout_ms: timeout,
         }
+    } else if let Some(pid) = f.int(&["PID"])? {
+        let pid = u32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0 && i32::try_from(*p).is_ok())
+            .ok_or_else(|| {
+                ValidationError::new(fname("PID"), format!("{pid} is not a process id"))
+            })?;
+        // The start time is the agent's to record (`bind_process`), never the caller's.
+        CheckKind::Process { pid, start_time: 0 }
     } else {
         return Err(ValidationError::new(
             field,
-            "one of TTL, HTTP, TCP or Args is required",
+            "one of TTL, HTTP, TCP, Args or PID is required",
         ));
     };
     Ok(Check {
@@ -661,6 +722,7 @@ fn check_definition(c: &Check) -> Value {
             "ScriptArgs": args, "Interval": ms(*interval_ms), "Timeout": ms(*timeout_ms),
         }),
         CheckKind::Internal => json!({}),
+        CheckKind::Process { pid, .. } => json!({ "PID": pid }),
     };
     if c.deregister_critical_after_ms > 0 {
         d["DeregisterCriticalServiceAfter"] = json!(ms(c.deregister_critical_after_ms));
@@ -845,6 +907,74 @@ mod tests {
         assert_eq!(r.checks[0].id, "service:web:1");
         assert_eq!(r.checks[0].status, HealthStatus::Passing);
         assert_eq!(r.checks[1].deregister_critical_after_ms, 60_000);
+    }
+
+    #[test]
+    fn process_checks_are_bound_to_a_running_process() {
+        let running = |pid: u32| {
+            Ok(Some(ProcStat {
+                state: 'S',
+                start_time: u64::from(pid) * 10,
+            }))
+        };
+        let body = json!({"Name": "web", "ID": "w1", "Check": {"PID": 1234}});
+        let mut r = parse_registration(&body).unwrap();
+        assert_eq!(
+            r.checks[0].kind,
+            CheckKind::Process {
+                pid: 1234,
+                start_time: 0
+            }
+        );
+        bind_processes(&mut r, running).unwrap();
+        assert_eq!(
+            r.checks[0].kind,
+            CheckKind::Process {
+                pid: 1234,
+                start_time: 12340
+            }
+        );
+        assert_eq!(r.checks[0].status, HealthStatus::Passing);
+        assert_eq!(check_definition(&r.checks[0]), json!({"PID": 1234}));
+        assert_eq!(r.checks[0].kind.type_name(), "process");
+
+        // Refusals name the check's field.
+        let gone = |_: u32| Ok(None);
+        let mut r = parse_registration(&body).unwrap();
+        let e = bind_processes(&mut r, gone).unwrap_err();
+        assert_eq!(e.field, "Check.PID");
+        assert!(e.reason.contains("no process with PID 1234"), "{e}");
+        let zombie = |_: u32| {
+            Ok(Some(ProcStat {
+                state: 'Z',
+                start_time: 1,
+            }))
+        };
+        let two = json!({"Name": "web", "Checks": [{"TTL": "5s"}, {"PID": 7}]});
+        let mut r = parse_registration(&two).unwrap();
+        assert_eq!(
+            bind_processes(&mut r, zombie).unwrap_err().field,
+            "Checks[1].PID"
+        );
+        let unsupported = |_: u32| Err("pidfd_open: not supported".to_string());
+        let mut c = parse_check(&json!({"Name": "p", "PID": 9}), "body", "", "").unwrap();
+        let e = bind_process(&mut c, "body", unsupported).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("body.PID", "pidfd_open: not supported")
+        );
+
+        let e = |v: Value| parse_registration(&v).unwrap_err().field;
+        assert_eq!(e(json!({"Name": "web", "Check": {"PID": 0}})), "Check.PID");
+        assert_eq!(e(json!({"Name": "web", "Check": {"PID": -5}})), "Check.PID");
+        assert_eq!(
+            e(json!({"Name": "web", "Check": {"PID": 4294967296u64}})),
+            "Check.PID"
+        );
+        assert_eq!(
+            e(json!({"Name": "web", "Check": {"PID": "12"}})),
+            "Check.PID"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod duration;
 pub mod gossip;
 pub mod model;
+pub mod process;
 pub mod protect;
 pub mod status_page;
 pub mod validate;

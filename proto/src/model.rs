@@ -98,6 +98,12 @@ pub enum CheckKind {
     },
     /// Set by the agent itself: maintenance mode, `serfHealth`.
     Internal,
+    /// Bound to one process's life (SPEC §10): passing while it runs; when it exits the
+    /// agent deregisters the service at once. `start_time` (clock ticks since boot, field
+    /// 22 of `/proc/PID/stat`) is recorded when the check is registered, so a later process
+    /// that happens to get the same PID is never taken for the owner. Added last: the enum
+    /// travels postcard-encoded in gossip and JSON-stored in `data_dir`.
+    Process { pid: u32, start_time: u64 },
 }
 
 impl CheckKind {
@@ -109,6 +115,7 @@ impl CheckKind {
             CheckKind::Tcp { .. } => "tcp",
             CheckKind::Script { .. } => "script",
             CheckKind::Internal => "",
+            CheckKind::Process { .. } => "process",
         }
     }
 }
