@@ -254,6 +254,7 @@ mod tests {
             service_id: id.into(),
             kind: CheckKind::Process { pid, start_time: 0 },
             deregister_critical_after_ms: 0,
+            status_changed_ms: 0,
         };
         consul::bind_process(&mut check, "Check", observe_watchable).unwrap();
         let service = Service {
