@@ -9,6 +9,7 @@ pub mod consul;
 pub mod dns;
 pub mod duration;
 pub mod gossip;
+pub mod keyring;
 pub mod model;
 pub mod protect;
 pub mod validate;
