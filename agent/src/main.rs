@@ -8,6 +8,7 @@ mod config;
 mod dns;
 mod gossip;
 mod http;
+mod keyring;
 mod metrics;
 mod state;
 mod store;
@@ -25,6 +26,7 @@ fn main() -> std::process::ExitCode {
         C::Deregister { id, client: c } => client::finish(client::deregister(&c, &id)),
         C::Watch { name, client: c } => client::finish(client::watch(&c, &name)),
         C::Keygen => client::finish(client::keygen()),
+        C::Keyring { op, client: c } => client::finish(client::keyring(&c, &op)),
         C::Leave(c) => client::finish(client::leave(&c)),
         C::Reload(c) => client::finish(client::reload(&c)),
         C::Version => {
