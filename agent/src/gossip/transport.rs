@@ -307,7 +307,16 @@ pub async fn exchange_kind(
     let run = async {
         let mut s = TcpStream::connect(to).await?;
         s.set_nodelay(true)?;
-        write_frame(&mut s, keys, kind, body).await?;
+        if let Err(e) = write_frame(&mut s, keys, kind, body).await {
+            // A peer that stopped reading may have said why (a refusal), or may not be
+            // muster at all: what it sent says more than the broken pipe.
+            if let StreamError::Io(_) = e {
+                if let Err(told @ StreamError::Frame(_)) = read_frame(&mut s, keys).await {
+                    return Err(told);
+                }
+            }
+            return Err(e);
+        }
         let reply = read_frame(&mut s, keys).await?;
         if reply.kind != kind {
             return Err(StreamError::WrongKind(kind, reply.kind));

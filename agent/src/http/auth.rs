@@ -109,8 +109,9 @@ pub fn authorize(call: &Call, grant: &Grant) -> Result<(), ApiError> {
         },
         ["agent", "service", "maintenance", id] => match service_of(id) {
             // Maintenance of a service: its writer, or a token with agent rights.
-            Some(name) => need(grant, Action::Service(&name))
-                .or_else(|_| need(grant, Action::Agent("put services in maintenance"))),
+            Some(name) => need(grant, Action::Service(&name)).or_else(|e| {
+                need(grant, Action::Agent("put services in maintenance")).map_err(|_| e)
+            }),
             None => Ok(()),
         },
         ["agent", "maintenance"] => need(grant, Action::Agent("put the node in maintenance")),
