@@ -327,7 +327,7 @@ fn a_plaintext_cluster_moves_to_encryption_without_losing_a_member() {
     };
     let first = Agent::start(spec(0));
     let join = first.spec.gossip_addr();
-    let agents = vec![
+    let agents = [
         first,
         Agent::start(spec(1).args(&["--join", &join])),
         Agent::start(spec(2).args(&["--join", &join])),

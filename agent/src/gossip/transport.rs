@@ -17,7 +17,7 @@
 
 use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
-use muster_proto::gossip::envelope::{Keyring, Place, NONCE_LEN};
+use muster_proto::gossip::envelope::{Keyring, Place, Policy, NONCE_LEN};
 use muster_proto::gossip::frame::{
     check_magic, refusal, refusal_text, Frame, FrameDecoder, FrameEncoder, FrameError, Word,
     MAX_CHUNK,
@@ -276,7 +276,16 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
     kind: FrameKind,
     body: &[u8],
 ) -> Result<(), StreamError> {
-    let ring = keys.load_full();
+    let mut ring = keys.load_full();
+    if kind == FrameKind::Keyring && !ring.policy().verify_outgoing {
+        // Keyring frames are sealed whenever there is a key, whatever
+        // encrypt_verify_outgoing says: a keyed agent takes keyring operations only sealed.
+        let policy = Policy {
+            verify_outgoing: true,
+            ..ring.policy()
+        };
+        ring = Arc::new(ring.with_policy(policy));
+    }
     let mut encoder = FrameEncoder::new(&ring, kind, body, MAX_FRAME_PAYLOAD)?;
     let mut sent = 0;
     while let Some(chunk) = encoder.next_chunk(nonce()) {
@@ -462,7 +471,6 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muster_proto::gossip::envelope::Policy;
     use tokio::io::duplex;
 
     fn keys(ring: Keyring) -> Keys {
@@ -487,6 +495,28 @@ mod tests {
             let f = read_frame(&mut b, &k).await.unwrap();
             w.await.unwrap().unwrap();
             assert_eq!((f.kind, f.body), (FrameKind::Sync, body));
+        }
+    }
+
+    #[tokio::test]
+    async fn keyring_frames_are_sealed_even_when_gossip_is_sent_plain() {
+        let relaxed = Keyring::new(
+            [[1; 32]],
+            Policy {
+                verify_incoming: false,
+                verify_outgoing: false,
+            },
+        )
+        .unwrap();
+        let k = keys(relaxed);
+        for (kind, sealed) in [(FrameKind::Sync, false), (FrameKind::Keyring, true)] {
+            let (mut a, mut b) = duplex(1 << 16);
+            write_frame(&mut a, &k, kind, b"x").await.unwrap();
+            let f = read_frame(&mut b, &k).await.unwrap();
+            assert_eq!(
+                f.by != muster_proto::gossip::envelope::OpenedBy::Plain,
+                sealed
+            );
         }
     }
 
