@@ -226,7 +226,7 @@ impl Metrics {
         });
         counters.push(counter(
             "muster.gossip.decrypt_failures",
-            "Gossip packets dropped because they did not decrypt with our key.",
+            "Gossip packets and stream frames dropped because they did not open: no installed key opens them, a wrong checksum, or plaintext where encryption is required.",
             self.gossip_decrypt_failures.load(Relaxed),
         ));
         counters.push(counter(
