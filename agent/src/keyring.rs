@@ -272,36 +272,36 @@ pub fn check_secure(config: &crate::config::Config, ring: &Keyring) -> anyhow::R
 
 /// Answers a keyring frame from a peer. Once this agent holds a key, only sealed frames
 /// may change or list its keys (with `encrypt_verify_incoming = false` plain frames are
-/// accepted for gossip, but never for keyring operations).
+/// accepted for gossip, but never for keyring operations) — except a plain install of a
+/// key it already holds, which changes nothing and is answered as done, so a first
+/// install that reached only some members can be repeated through a member still
+/// without a key (whose frames are plain).
 pub async fn serve(handle: &KeyringHandle, frame: &Frame) -> Vec<u8> {
     let cur = handle.current();
-    let reply = if !cur.is_empty() && frame.by == OpenedBy::Plain {
-        handle.reply(
+    let op = Op::decode(&frame.body);
+    let reply = match op {
+        Err(e) => handle.reply(&Keyring::plain(), Some(e.to_string())),
+        Ok(Op::Install(k)) if frame.by == OpenedBy::Plain && cur.contains(&k) => {
+            handle.reply(&Keyring::plain(), None)
+        }
+        Ok(_) if !cur.is_empty() && frame.by == OpenedBy::Plain => handle.reply(
             &Keyring::plain(),
             Some("keyring operations must be sealed with a cluster key".into()),
-        )
-    } else {
-        match Op::decode(&frame.body) {
-            Ok(op) => handle.apply(&op).await,
-            Err(e) => handle.reply(&Keyring::plain(), Some(e.to_string())),
-        }
+        ),
+        Ok(op) => handle.apply(&op).await,
     };
     reply.encode()
 }
 
-/// Members this agent knows as up, other than itself, with their gossip addresses.
-fn up_members(shared: &Shared) -> Vec<(String, SocketAddr)> {
+/// Members this agent knows as up, other than itself, with their gossip addresses (None
+/// while only a peer's record has been heard of it, before SWIM reported it up: its port
+/// is not known then, and guessing could ask the wrong process).
+fn up_members(shared: &Shared) -> Vec<(String, Option<SocketAddr>)> {
     let snap = shared.state.snapshot();
     let me = shared.config.load().node_name.clone();
-    let port = shared.config.load().ports.gossip;
     snap.nodes()
         .filter(|n| n.status.is_up() && n.record.name != me)
-        .map(|n| {
-            let addr = n
-                .gossip_addr
-                .unwrap_or_else(|| SocketAddr::new(n.record.address, port));
-            (n.record.name.clone(), addr)
-        })
+        .map(|n| (n.record.name.clone(), n.gossip_addr))
         .collect()
 }
 
@@ -309,7 +309,7 @@ fn up_members(shared: &Shared) -> Vec<(String, SocketAddr)> {
 /// that gave none (with why).
 async fn fan_out(
     shared: &Shared,
-    members: &[(String, SocketAddr)],
+    members: &[(String, Option<SocketAddr>)],
     op: Op,
 ) -> (Vec<Reply>, Vec<(String, String)>) {
     let keys = shared.keyring.keys();
@@ -320,6 +320,12 @@ async fn fan_out(
         let permits = permits.clone();
         let body = op.encode();
         tasks.spawn(async move {
+            let Some(addr) = addr else {
+                return (
+                    name,
+                    Err("its gossip address is not known yet; try again".into()),
+                );
+            };
             let _p = permits.acquire_owned().await;
             let r = match transport::exchange_kind(addr, &keys, FrameKind::Keyring, &body).await {
                 Ok(frame) => Reply::decode(&frame.body).map_err(|e| e.to_string()),
@@ -328,7 +334,7 @@ async fn fan_out(
             (name, r)
         });
     }
-    let mut replies = vec![shared.keyring.apply(&op).await];
+    let mut replies = Vec::with_capacity(members.len() + 1);
     let mut failed = Vec::new();
     while let Some(done) = tasks.join_next().await {
         match done {
@@ -337,6 +343,10 @@ async fn fan_out(
             Err(e) => failed.push(("?".into(), e.to_string())),
         }
     }
+    // Here last: every frame above went out under the keyring as it was before the
+    // operation (a first key installed here early would seal frames that the members
+    // still without a key cannot open).
+    replies.push(shared.keyring.apply(&op).await);
     (replies, failed)
 }
 

@@ -190,11 +190,12 @@ fn five_encrypted_agents_roll_a_new_key_without_losing_a_member() {
         agents.push(Agent::start(spec(i).args(&["--join", &join])));
     }
     let refs: Vec<&Agent> = agents.iter().collect();
-    // Formed: everyone lists everyone, and every member answers keyring frames (a member
-    // listed up but not reachable would rightly make `use` refuse).
+    // Formed: everyone lists everyone, and knows everyone's gossip address (a member
+    // whose address is not known yet would rightly make `use` refuse).
     assert!(
-        wait_for(SPREAD, || agents.iter().all(|a| all_alive(a, 5))
-            && muster(&agents[0], &["keyring", "--list"]).code == 0),
+        wait_for(SPREAD, || agents.iter().all(
+            |a| all_alive(a, 5) && muster(a, &["keyring", "--list"]).code == 0
+        )),
         "cluster never formed\n{}",
         logs(&refs)
     );
@@ -334,7 +335,9 @@ fn a_plaintext_cluster_moves_to_encryption_without_losing_a_member() {
     ];
     let refs: Vec<&Agent> = agents.iter().collect();
     assert!(
-        wait_for(SPREAD, || agents.iter().all(|a| all_alive(a, 3))),
+        wait_for(SPREAD, || agents.iter().all(
+            |a| all_alive(a, 3) && muster(a, &["keyring", "--list"]).code == 0
+        )),
         "cluster never formed\n{}",
         logs(&refs)
     );

@@ -270,6 +270,8 @@ pub async fn read_frame<S: AsyncRead + Unpin>(
 }
 
 /// Writes one frame of `kind`, chunk by chunk, sealed by the current primary key.
+/// Keyring frames are sealed whenever there is a key, whatever `encrypt_verify_outgoing`
+/// says: a keyed agent takes keyring operations only sealed.
 pub async fn write_frame<S: AsyncWrite + Unpin>(
     stream: &mut S,
     keys: &Keys,
@@ -278,15 +280,22 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
 ) -> Result<(), StreamError> {
     let mut ring = keys.load_full();
     if kind == FrameKind::Keyring && !ring.policy().verify_outgoing {
-        // Keyring frames are sealed whenever there is a key, whatever
-        // encrypt_verify_outgoing says: a keyed agent takes keyring operations only sealed.
         let policy = Policy {
             verify_outgoing: true,
             ..ring.policy()
         };
         ring = Arc::new(ring.with_policy(policy));
     }
-    let mut encoder = FrameEncoder::new(&ring, kind, body, MAX_FRAME_PAYLOAD)?;
+    write_frame_with(stream, &ring, kind, body).await
+}
+
+async fn write_frame_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ring: &Keyring,
+    kind: FrameKind,
+    body: &[u8],
+) -> Result<(), StreamError> {
+    let mut encoder = FrameEncoder::new(ring, kind, body, MAX_FRAME_PAYLOAD)?;
     let mut sent = 0;
     while let Some(chunk) = encoder.next_chunk(nonce()) {
         idle(stream.write_all(&chunk)).await?;
@@ -376,7 +385,15 @@ where
                 return Err(e);
             }
         };
+        // A keyring reply goes back the way its request came: a plain request (from an
+        // agent without a key) gets a plain reply it can read, even when the request just
+        // installed this agent's first key.
+        let plain_keyring = frame.kind == FrameKind::Keyring
+            && frame.by == muster_proto::gossip::envelope::OpenedBy::Plain;
         match handle(frame).await {
+            Ok((FrameKind::Keyring, body)) if plain_keyring => {
+                write_frame_with(&mut stream, &Keyring::plain(), FrameKind::Keyring, &body).await
+            }
             Ok((kind, body)) => write_frame(&mut stream, &keys, kind, &body).await,
             Err(reason) => {
                 refuse(&mut stream, &reason).await;
