@@ -222,23 +222,17 @@ impl<'a> FrameEncoder<'a> {
             let from = self.sent - 1;
             data.extend_from_slice(&self.body[from..from + take]);
         }
+        if self.index == 0 {
+            // The first chunk's nonce names the frame (a plain frame has none: zeros).
+            let sealing = self.keyring.sealing_key().is_some();
+            self.frame = if sealing { nonce } else { [0; NONCE_LEN] };
+        }
         let place = Place::Chunk(ChunkPos {
             index: self.index,
             last,
             frame: self.frame,
         });
-        let envelope = if self.index == 0 {
-            let sealing = self.keyring.sealing_key().is_some();
-            let pos = ChunkPos {
-                frame: if sealing { nonce } else { [0; NONCE_LEN] },
-                index: 0,
-                last,
-            };
-            self.frame = pos.frame;
-            self.keyring.seal(nonce, Place::Chunk(pos), &data)
-        } else {
-            self.keyring.seal(nonce, place, &data)
-        };
+        let envelope = self.keyring.seal(nonce, place, &data);
         let mut out = Vec::with_capacity(8 + envelope.len());
         if self.index == 0 {
             out.extend_from_slice(&MAGIC);
