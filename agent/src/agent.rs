@@ -28,6 +28,8 @@ pub struct Shared {
     pub reload_tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
     /// Join and force-leave requests to the gossip task.
     pub gossip: crate::gossip::Handle,
+    /// The gossip keyring (read by the transport, changed by keyring operations).
+    pub keyring: crate::keyring::KeyringHandle,
 }
 
 impl Shared {
@@ -86,6 +88,9 @@ fn init_logging(config: &Config) {
 }
 
 async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
+    // The keyring (from data_dir, else `encrypt`) decides whether gossip may start at all.
+    let keyring = crate::keyring::KeyringHandle::open(&config)?;
+    crate::keyring::check_secure(&config, &keyring.current())?;
     let store = match &config.data_dir {
         Some(dir) => Some(
             Store::open(dir)
@@ -134,6 +139,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         stop_tx: Arc::new(stop_tx),
         reload_tx,
         gossip,
+        keyring,
     };
     // Signal handlers go in before anything listens: once a client (or systemd) can see us,
     // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
@@ -259,6 +265,7 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         new.client_addr = old.client_addr;
         new.ports = old.ports.clone();
         new.encrypt = old.encrypt;
+        new.gossip_insecure = old.gossip_insecure;
         new.log_level = old.log_level.clone();
         new.log_json = old.log_json;
     }
@@ -273,6 +280,8 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         }
     };
     crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
+    // encrypt_verify_* apply at once; token changes are read from the config per request.
+    shared.keyring.set_policy(&new);
     shared.config.store(Arc::new(new));
     let mut msg = format!("config services: {added} added, {changed} changed, {removed} removed");
     for reason in skipped {
@@ -304,6 +313,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.encrypt != new.encrypt {
         out.push("encrypt");
+    }
+    if old.gossip_insecure != new.gossip_insecure {
+        out.push("gossip_insecure");
     }
     if old.log_level != new.log_level || old.log_json != new.log_json {
         out.push("log_level");

@@ -53,6 +53,13 @@ pub enum Command {
     Exec(ExecArgs),
     /// Print a new gossip encryption key.
     Keygen,
+    /// List or change the gossip keys of the whole cluster (through the local agent).
+    Keyring {
+        #[command(flatten)]
+        op: KeyringOp,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask the local agent to leave the cluster and stop.
     Leave(ClientArgs),
     /// Ask the local agent to re-read its config files.
@@ -106,6 +113,24 @@ pub struct AgentArgs {
     pub log_level: Option<String>,
     #[arg(long = "log-json")]
     pub log_json: bool,
+}
+
+/// Exactly one keyring operation.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct KeyringOp {
+    /// List the installed keys, with how many members hold each and use it as primary.
+    #[arg(long)]
+    pub list: bool,
+    /// Install a key on every member (it opens packets at once; sealing needs --use).
+    #[arg(long, value_name = "KEY")]
+    pub install: Option<String>,
+    /// Make an installed key the primary key (the one packets are sealed with) everywhere.
+    #[arg(long = "use", value_name = "KEY")]
+    pub use_key: Option<String>,
+    /// Remove a key that no member uses as primary from every member.
+    #[arg(long, value_name = "KEY")]
+    pub remove: Option<String>,
 }
 
 /// How client commands reach the agent.

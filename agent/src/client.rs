@@ -565,6 +565,94 @@ pub fn reload(args: &ClientArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `muster keyring --list | --install KEY | --use KEY | --remove KEY`: the cluster-wide
+/// keyring through the local agent's `/v1/operator/keyring`.
+pub fn keyring(args: &ClientArgs, op: &crate::cli::KeyringOp) -> Result<(), String> {
+    let agent = Agent::new(args)?;
+    let (method, key, done) = match op {
+        crate::cli::KeyringOp {
+            install: Some(k), ..
+        } => ("POST", k, "installed"),
+        crate::cli::KeyringOp {
+            use_key: Some(k), ..
+        } => ("PUT", k, "made primary"),
+        crate::cli::KeyringOp {
+            remove: Some(k), ..
+        } => ("DELETE", k, "removed"),
+        _ => {
+            let v = agent.call("GET", "/v1/operator/keyring", None)?.json()?;
+            if args.json {
+                print_json(&v);
+            } else {
+                print!("{}", keyring_table(&v));
+            }
+            return keyring_failures(&v);
+        }
+    };
+    // Checked here too, so a typo never reaches the agent.
+    crate::config::decode_key(key).map_err(|e| format!("key: {e}"))?;
+    let body = serde_json::json!({ "Key": key.trim() }).to_string();
+    let v = agent
+        .call(method, "/v1/operator/keyring", Some(body.as_bytes()))?
+        .json()?;
+    if args.json {
+        print_json(&v);
+    } else {
+        let n = v
+            .get(0)
+            .and_then(|r| r.get("NumNodes"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        println!("key {done} on {n} member(s)");
+    }
+    keyring_failures(&v)
+}
+
+/// The keyring listing as a table: each key, on how many members, primary on how many.
+fn keyring_table(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for ring in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let n = ring.get("NumNodes").and_then(Value::as_u64).unwrap_or(0);
+        let primary = ring.get("PrimaryKeys").cloned().unwrap_or(Value::Null);
+        if let Some(keys) = ring.get("Keys").and_then(Value::as_object) {
+            for (k, count) in keys {
+                let p = primary.get(k).and_then(Value::as_u64).unwrap_or(0);
+                rows.push(vec![
+                    k.clone(),
+                    format!("{}/{n}", count.as_u64().unwrap_or(0)),
+                    if p > 0 {
+                        format!("{p}/{n}")
+                    } else {
+                        "-".into()
+                    },
+                ]);
+            }
+        }
+    }
+    table(&["Key", "Installed", "Primary"], &rows)
+}
+
+/// Fails (exit non-zero) when some member reported an error or gave no answer.
+fn keyring_failures(v: &Value) -> Result<(), String> {
+    let mut out = Vec::new();
+    for ring in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        if let Some(m) = ring.get("Messages").and_then(Value::as_object) {
+            for (node, msg) in m {
+                out.push(format!("{node}: {}", msg.as_str().unwrap_or("")));
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} member(s) failed: {}",
+            out.len(),
+            out.join("; ")
+        ))
+    }
+}
+
 /// `muster keygen`: a new gossip key, 32 random bytes from the OS-seeded CSPRNG in base64.
 pub fn keygen() -> Result<(), String> {
     use base64::Engine;

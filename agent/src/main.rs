@@ -9,6 +9,7 @@ mod dns;
 mod exec;
 mod gossip;
 mod http;
+mod keyring;
 mod metrics;
 mod state;
 mod store;
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
         C::Watch { name, client: c } => client::finish(client::watch(&c, &name)),
         C::Exec(args) => exec::main(args),
         C::Keygen => client::finish(client::keygen()),
+        C::Keyring { op, client: c } => client::finish(client::keyring(&c, &op)),
         C::Leave(c) => client::finish(client::leave(&c)),
         C::Reload(c) => client::finish(client::reload(&c)),
         C::Version => {

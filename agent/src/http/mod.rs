@@ -7,8 +7,10 @@
 //! every endpoint speaks the same status codes.
 
 mod agent_api;
+mod auth;
 mod cache;
 mod catalog_api;
+mod operator_api;
 mod ui;
 mod ui_api;
 
@@ -101,8 +103,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {0} not allowed")]
     MethodNotAllowed(Method),
-    #[error("Permission denied: token with insufficient privileges")]
-    Forbidden,
+    #[error("Permission denied: {0}")]
+    Forbidden(String),
     #[error("request body larger than {MAX_BODY} bytes")]
     TooLarge,
     #[error("{0}")]
@@ -115,7 +117,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -431,16 +433,6 @@ fn token_of(req: &Request<Incoming>, query: &HashMap<String, Vec<String>>) -> Op
     query.get("token").and_then(|v| v.first()).cloned()
 }
 
-/// Compares two tokens in time independent of where they differ.
-fn token_matches(given: &str, want: &str) -> bool {
-    let (a, b) = (given.as_bytes(), want.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
-}
-
 async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(ApiError::TooLarge);
@@ -515,13 +507,12 @@ async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult 
         .collect::<Result<Vec<_>, _>>()?;
     let method = req.method().clone();
     let is_write = matches!(method, Method::PUT | Method::POST | Method::DELETE);
-    if is_write {
-        if let Some(want) = &shared.config.load().http.token {
-            let ok = token_of(&req, &query).is_some_and(|t| token_matches(&t, want));
-            if !ok {
-                return Err(ApiError::Forbidden);
-            }
-        }
+    let grant = auth::grant(&shared.config.load(), token_of(&req, &query).as_deref());
+    if is_write && grant == muster_proto::acl::Grant::Anonymous {
+        // Refused before the body is read.
+        return Err(ApiError::Forbidden(
+            "a token is required for writes (X-Consul-Token or Authorization: Bearer)".into(),
+        ));
     }
     let declared = req
         .headers()
@@ -540,6 +531,7 @@ async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult 
         body,
         shared,
     };
+    auth::authorize(&call, &grant)?;
     route(call).await
 }
 
@@ -549,6 +541,7 @@ async fn route(call: Call) -> ApiResult {
         ["agent", ..] => agent_api::route(&call).await,
         ["catalog", ..] | ["health", ..] | ["status", ..] => catalog_api::route(&call).await,
         ["internal", "ui", ..] => ui_api::route(&call).await,
+        ["operator", ..] => operator_api::route(&call).await,
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint /v1/{}",
             call.segments.join("/")
@@ -596,6 +589,7 @@ const ROUTE_TEMPLATES: &[&str] = &[
     "/v1/internal/ui/services",
     "/v1/internal/ui/service/:service",
     "/v1/internal/ui/nodes",
+    "/v1/operator/keyring",
 ];
 
 /// The template of `path` from [`ROUTE_TEMPLATES`] (first match wins, so fixed segments

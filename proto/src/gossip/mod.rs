@@ -5,6 +5,7 @@
 
 pub mod broadcast;
 pub mod envelope;
+pub mod frame;
 pub mod identity;
 pub mod message;
 
