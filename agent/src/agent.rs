@@ -28,6 +28,8 @@ pub struct Shared {
     pub reload_tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
     /// Join and force-leave requests to the gossip task.
     pub gossip: crate::gossip::Handle,
+    /// The gossip keyring (read by the transport, changed by keyring operations).
+    pub keyring: crate::keyring::KeyringHandle,
 }
 
 impl Shared {
@@ -45,6 +47,7 @@ pub fn main(args: AgentArgs) -> ExitCode {
         }
     };
     init_logging(&config);
+    let log_json = config.log_json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,8 +60,13 @@ pub fn main(args: AgentArgs) -> ExitCode {
     };
     match runtime.block_on(run(config, args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // Said once: as a log line when logs are JSON (collectors parse every line), else
+        // as the `muster: <reason>` line every command ends with.
+        Err(e) if log_json => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("muster: {e:#}");
             ExitCode::FAILURE
         }
@@ -80,6 +88,9 @@ fn init_logging(config: &Config) {
 }
 
 async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
+    // The keyring (from data_dir, else `encrypt`) decides whether gossip may start at all.
+    let keyring = crate::keyring::KeyringHandle::open(&config)?;
+    crate::keyring::check_secure(&config, &keyring.current())?;
     let store = match &config.data_dir {
         Some(dir) => Some(
             Store::open(dir)
@@ -108,9 +119,14 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
             "restored registrations from data_dir"
         );
         state.restore(loaded).await;
+        crate::checks::process::judge_restored(&state).await;
+    }
+    let (services, skipped) = crate::checks::process::bind_config_services(config.services.clone());
+    for reason in &skipped {
+        tracing::warn!("config: {reason}");
     }
     state
-        .apply_config_services(config.services.clone())
+        .apply_config_services(services)
         .await
         .map_err(|e| anyhow::anyhow!("config services: {e}"))?;
 
@@ -123,6 +139,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         stop_tx: Arc::new(stop_tx),
         reload_tx,
         gossip,
+        keyring,
     };
     // Signal handlers go in before anything listens: once a client (or systemd) can see us,
     // a SIGTERM must mean "leave gracefully", never the default of dying on the spot.
@@ -248,14 +265,12 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         new.client_addr = old.client_addr;
         new.ports = old.ports.clone();
         new.encrypt = old.encrypt;
+        new.gossip_insecure = old.gossip_insecure;
         new.log_level = old.log_level.clone();
         new.log_json = old.log_json;
     }
-    let (added, changed, removed) = match shared
-        .state
-        .apply_config_services(new.services.clone())
-        .await
-    {
+    let (services, skipped) = crate::checks::process::bind_config_services(new.services.clone());
+    let (added, changed, removed) = match shared.state.apply_config_services(services).await {
         Ok(counts) => counts,
         Err(e) => {
             crate::metrics::METRICS
@@ -265,10 +280,15 @@ pub async fn reload(shared: &Shared, args: &AgentArgs) -> Result<String, String>
         }
     };
     crate::metrics::METRICS.reloads.fetch_add(1, Relaxed);
+    // encrypt_verify_* apply at once; token changes are read from the config per request.
+    shared.keyring.set_policy(&new);
     shared.config.store(Arc::new(new));
-    Ok(format!(
-        "config services: {added} added, {changed} changed, {removed} removed"
-    ))
+    let mut msg = format!("config services: {added} added, {changed} changed, {removed} removed");
+    for reason in skipped {
+        msg.push_str("; ");
+        msg.push_str(&reason);
+    }
+    Ok(msg)
 }
 
 /// Settings a reload cannot apply to a running agent (sockets, identity, storage).
@@ -293,6 +313,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.encrypt != new.encrypt {
         out.push("encrypt");
+    }
+    if old.gossip_insecure != new.gossip_insecure {
+        out.push("gossip_insecure");
     }
     if old.log_level != new.log_level || old.log_json != new.log_json {
         out.push("log_level");

@@ -49,8 +49,17 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run PROGRAM and keep it registered as a service exactly while it runs.
+    Exec(ExecArgs),
     /// Print a new gossip encryption key.
     Keygen,
+    /// List or change the gossip keys of the whole cluster (through the local agent).
+    Keyring {
+        #[command(flatten)]
+        op: KeyringOp,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask the local agent to leave the cluster and stop.
     Leave(ClientArgs),
     /// Ask the local agent to re-read its config files.
@@ -106,6 +115,24 @@ pub struct AgentArgs {
     pub log_json: bool,
 }
 
+/// Exactly one keyring operation.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct KeyringOp {
+    /// List the installed keys, with how many members hold each and use it as primary.
+    #[arg(long)]
+    pub list: bool,
+    /// Install a key on every member (it opens packets at once; sealing needs --use).
+    #[arg(long, value_name = "KEY")]
+    pub install: Option<String>,
+    /// Make an installed key the primary key (the one packets are sealed with) everywhere.
+    #[arg(long = "use", value_name = "KEY")]
+    pub use_key: Option<String>,
+    /// Remove a key that no member uses as primary from every member.
+    #[arg(long, value_name = "KEY")]
+    pub remove: Option<String>,
+}
+
 /// How client commands reach the agent.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
@@ -122,4 +149,54 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long = "json")]
     pub json: bool,
+}
+
+/// Flags of `muster exec` (SPEC §10).
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Service name [default: PROGRAM's file name].
+    #[arg(long = "service", value_name = "NAME")]
+    pub service: Option<String>,
+    /// Service id [default: NAME-PID, PID being PROGRAM's: unique per run].
+    #[arg(long = "id", value_name = "ID")]
+    pub id: Option<String>,
+    /// The port PROGRAM serves on.
+    #[arg(long = "port", value_name = "P")]
+    pub port: Option<u16>,
+    /// The address the service is reached at [default: the node's address].
+    #[arg(long = "address", value_name = "A")]
+    pub address: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// A metadata pair (repeatable).
+    #[arg(long = "meta", value_name = "K=V")]
+    pub meta: Vec<String>,
+    /// When PROGRAM counts as ready to be registered: `tcp` (its --port accepts a
+    /// connection; the default with --port), an http(s):// URL that answers 2xx, or `none`
+    /// (at once; the default without --port).
+    #[arg(long = "ready", value_name = "tcp|URL|none")]
+    pub ready: Option<String>,
+    /// How long PROGRAM may take to become ready before it is stopped; 0 waits forever.
+    #[arg(long = "ready-timeout", value_name = "D", default_value = "60s")]
+    pub ready_timeout: String,
+    /// An HTTP health check to register along with the process check.
+    #[arg(long = "check-http", value_name = "URL")]
+    pub check_http: Option<String>,
+    /// Interval of the --check-http check [default: 10s].
+    #[arg(long = "interval", value_name = "D")]
+    pub interval: Option<String>,
+    /// The agent's HTTP address.
+    #[arg(
+        long = "http-addr",
+        env = "MUSTER_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub http_addr: String,
+    /// ACL token for the registration.
+    #[arg(long = "token", env = "MUSTER_HTTP_TOKEN")]
+    pub token: Option<String>,
+    /// The program to run and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub command: Vec<String>,
 }

@@ -1,13 +1,16 @@
 //! Client commands (SPEC §2): `members`, `services`, `register`, `deregister`, `watch`,
 //! `keygen`, `leave`, `reload`, `version`. Each talks to the local agent's HTTP API with a
-//! small blocking HTTP/1.1 client, prints a table for people or JSON with `--json`, and on
+//! HTTP/1.1 client (hyper's), prints a table for people or JSON with `--json`, and on
 //! any failure prints one line `muster: <reason>` and exits non-zero.
 
 use crate::cli::ClientArgs;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +19,15 @@ use std::time::Duration;
 const MAX_RESPONSE: usize = 64 << 20;
 /// How long a blocking query in `watch` asks the agent to wait.
 const WATCH_WAIT: &str = "5m";
+/// How long we wait for a TCP connection to the agent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long we wait for the head of an ordinary answer. A local agent answers in
+/// milliseconds; a port that stays silent this long is not a muster agent's HTTP port (the
+/// DNS port, for one, reads our request as the start of a large DNS message and says
+/// nothing), and a person is told so instead of waiting on it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the body of an answer may take once its head has arrived.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Prints the reason and turns a failure into exit code 1.
 pub fn finish(r: Result<(), String>) -> ExitCode {
@@ -29,43 +41,58 @@ pub fn finish(r: Result<(), String>) -> ExitCode {
 }
 
 /// An answer from the agent.
-struct Response {
+pub(crate) struct Response {
     status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    headers: hyper::HeaderMap,
+    body: Bytes,
 }
 
 impl Response {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn json(&self) -> Result<Value, String> {
+    pub(crate) fn json(&self) -> Result<Value, String> {
         serde_json::from_slice(&self.body)
             .map_err(|e| format!("agent sent a response that is not JSON: {e}"))
     }
 }
 
-/// The local agent's HTTP API, as `--http-addr` / `MUSTER_HTTP_ADDR` and `--token` say.
+/// The local agent's HTTP API, as `--http-addr` / `MUSTER_HTTP_ADDR` and `--token` say,
+/// reached with hyper's HTTP/1.1 client on a small single-threaded runtime (one command
+/// makes a few requests in turn; nothing runs alongside them).
 pub struct Agent {
     addr_text: String,
     token: Option<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Why one exchange with the agent failed, before it is put into words.
+enum Failure {
+    /// Could not connect (or resolve): the agent is not there.
+    Unreachable(String),
+    /// Something listens but did not answer in HTTP: not an agent's HTTP port.
+    NotHttp(String),
+    /// Anything else, already in words.
+    Other(String),
 }
 
 impl Agent {
-    pub fn new(args: &ClientArgs) -> Agent {
+    pub fn new(args: &ClientArgs) -> Result<Agent, String> {
         let addr = args.http_addr.trim();
         let addr = addr
             .strip_prefix("http://")
             .unwrap_or(addr)
             .trim_end_matches('/');
-        Agent {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
+        Ok(Agent {
             addr_text: addr.to_string(),
             token: args.token.clone().filter(|t| !t.is_empty()),
-        }
+            runtime,
+        })
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> String {
@@ -80,48 +107,147 @@ impl Agent {
             .ok_or_else(|| self.unreachable("address does not resolve"))
     }
 
-    /// One request over a fresh connection. `read_timeout` bounds the wait for the answer.
+    /// One request over a fresh connection. `answer_timeout` bounds the wait for the head
+    /// of the answer (a blocking query needs longer than the default).
     fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
-        read_timeout: Duration,
+        answer_timeout: Duration,
     ) -> Result<Response, String> {
         let addr = self.resolve()?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| self.unreachable(io_reason(&e)))?;
-        s.set_read_timeout(Some(read_timeout))
-            .and_then(|_| s.set_write_timeout(Some(Duration::from_secs(30))))
-            .map_err(|e| self.unreachable(io_reason(&e)))?;
+        let req = self.build(method, path, body)?;
+        let a = &self.addr_text;
+        match self.runtime.block_on(exchange(addr, req, answer_timeout)) {
+            Ok(r) => Ok(r),
+            Err(Failure::Unreachable(why)) => Err(self.unreachable(why)),
+            Err(Failure::NotHttp(why)) => Err(format!(
+                "{a} is not a muster agent's HTTP address: {why} \
+                 (an agent serves HTTP on its [ports] http, 8500 by default)"
+            )),
+            Err(Failure::Other(why)) => Err(format!("agent at {a}: {why}")),
+        }
+    }
+
+    fn build(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let body = body.unwrap_or(&[]);
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: muster/{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr_text,
-            env!("CARGO_PKG_VERSION"),
-            body.len()
-        );
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.addr_text)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("muster/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(hyper::header::CONNECTION, "close");
         if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         if let Some(t) = &self.token {
-            if t.contains(['\r', '\n']) {
-                return Err("the token contains a line break".into());
-            }
-            req.push_str(&format!("X-Consul-Token: {t}\r\n"));
+            let v = hyper::header::HeaderValue::from_str(t)
+                .map_err(|_| "the token holds a character a header cannot carry (a line break?)")?;
+            req = req.header("X-Consul-Token", v);
         }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())
-            .and_then(|_| s.write_all(body))
-            .map_err(|e| self.unreachable(io_reason(&e)))?;
-        read_response(s).map_err(|e| self.unreachable(e))
+        req.body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| format!("cannot build the request: {e}"))
     }
 
     /// A request whose answer must be 2xx; otherwise the agent's message is the reason.
-    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
-        let r = self.request(method, path, body, Duration::from_secs(60))?;
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
+        let r = self.request(method, path, body, ANSWER_TIMEOUT)?;
         expect_ok(r)
     }
+}
+
+/// Connects, sends `req` and reads the whole answer, each step under its own deadline.
+async fn exchange(
+    addr: SocketAddr,
+    req: hyper::Request<Full<Bytes>>,
+    answer_timeout: Duration,
+) -> Result<Response, Failure> {
+    let tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(Failure::Unreachable(format!(
+                    "no connection within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(Failure::Unreachable(io_reason(&e))),
+            Ok(Ok(s)) => s,
+        };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    // The connection is driven on this runtime while we wait; it ends with the exchange.
+    let driver = tokio::spawn(conn);
+    let head = tokio::time::timeout(answer_timeout, sender.send_request(req)).await;
+    let result = match head {
+        Err(_) => Err(Failure::NotHttp(format!(
+            "no HTTP answer within {}s",
+            answer_timeout.as_secs()
+        ))),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE).collect();
+            match tokio::time::timeout(BODY_TIMEOUT, body).await {
+                Err(_) => Err(Failure::Other("the answer's body stalled".into())),
+                Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Failure::Other(format!(
+                    "answer larger than {} MiB",
+                    MAX_RESPONSE >> 20
+                ))),
+                Ok(Err(e)) => Err(Failure::Other(format!("answer broke off: {e}"))),
+                Ok(Ok(collected)) => Ok(Response {
+                    status,
+                    headers: parts.headers,
+                    body: collected.to_bytes(),
+                }),
+            }
+        }
+    };
+    driver.abort();
+    result
+}
+
+/// A failed exchange in a person's words: a reply that is not HTTP, or a connection closed
+/// with no reply at all, means `--http-addr` names something other than an agent.
+fn classify(e: &hyper::Error) -> Failure {
+    if e.is_parse() || e.is_parse_status() {
+        return Failure::NotHttp(format!("its reply is not HTTP ({e})"));
+    }
+    if e.is_incomplete_message() {
+        return Failure::NotHttp("it closed the connection without an HTTP answer".into());
+    }
+    let source = std::error::Error::source(e);
+    if let Some(io) = source.and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        if io.kind() == std::io::ErrorKind::ConnectionReset {
+            return Failure::NotHttp("it reset the connection without an HTTP answer".into());
+        }
+        return Failure::Other(io_reason(io));
+    }
+    // A request "canceled" because the connection failed first carries the connection's
+    // error; a server that speaks before it is asked (sshd, SMTP) shows up that way.
+    if let Some(inner) = source.and_then(|s| s.downcast_ref::<hyper::Error>()) {
+        return match classify(inner) {
+            Failure::Other(_) => Failure::NotHttp(format!("its reply is not HTTP ({inner})")),
+            f => f,
+        };
+    }
+    Failure::Other(e.to_string())
 }
 
 fn expect_ok(r: Response) -> Result<Response, String> {
@@ -154,84 +280,8 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn read_response(s: TcpStream) -> Result<Response, String> {
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| io_reason(&e))?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", line.trim()))?;
-    let mut headers = Vec::new();
-    let mut len: Option<usize> = None;
-    let mut chunked = false;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).map_err(|e| io_reason(&e))? == 0 {
-            return Err("connection closed in the headers".into());
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if headers.len() > 100 {
-            return Err("too many headers".into());
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_string(), v.trim().to_string());
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.parse().ok();
-            }
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
-                chunked = true;
-            }
-            headers.push((k, v));
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut sz = String::new();
-            r.read_line(&mut sz).map_err(|e| io_reason(&e))?;
-            let n = usize::from_str_radix(sz.trim(), 16)
-                .map_err(|_| format!("bad chunk size {:?}", sz.trim()))?;
-            if n == 0 {
-                break;
-            }
-            if body.len() + n > MAX_RESPONSE {
-                return Err("answer too large".into());
-            }
-            let start = body.len();
-            body.resize(start + n, 0);
-            r.read_exact(&mut body[start..])
-                .map_err(|e| io_reason(&e))?;
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf).map_err(|e| io_reason(&e))?;
-        }
-    } else if let Some(n) = len {
-        if n > MAX_RESPONSE {
-            return Err("answer too large".into());
-        }
-        body.resize(n, 0);
-        r.read_exact(&mut body).map_err(|e| io_reason(&e))?;
-    } else {
-        r.take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| io_reason(&e))?;
-        if body.len() > MAX_RESPONSE {
-            return Err("answer too large".into());
-        }
-    }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
 /// Escapes a path segment (service ids and names may hold characters URLs reserve).
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
@@ -297,7 +347,7 @@ fn member_status(code: i64) -> &'static str {
 
 /// `muster members`
 pub fn members(args: &ClientArgs) -> Result<(), String> {
-    let agent = Agent::new(args);
+    let agent = Agent::new(args)?;
     let v = agent.call("GET", "/v1/agent/members", None)?.json()?;
     let list = v
         .as_array()
@@ -329,7 +379,7 @@ pub fn members(args: &ClientArgs) -> Result<(), String> {
 /// `muster services [NAME]`: every service with its tags, or the instances of NAME with
 /// their health (all instances, including critical ones, so problems are visible).
 pub fn services(args: &ClientArgs, name: Option<&str>) -> Result<(), String> {
-    let agent = Agent::new(args);
+    let agent = Agent::new(args)?;
     let Some(name) = name else {
         let v = agent.call("GET", "/v1/catalog/services", None)?.json()?;
         let map = v
@@ -455,7 +505,7 @@ pub fn register(args: &ClientArgs, file: &Path) -> Result<(), String> {
     if bodies.is_empty() {
         return Err(format!("{shown}: no [[service]] tables"));
     }
-    let agent = Agent::new(args);
+    let agent = Agent::new(args)?;
     let mut done = Vec::new();
     for (name, id, body) in &bodies {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
@@ -479,7 +529,7 @@ fn one_line(s: &str) -> String {
 
 /// `muster deregister ID`
 pub fn deregister(args: &ClientArgs, id: &str) -> Result<(), String> {
-    let agent = Agent::new(args);
+    let agent = Agent::new(args)?;
     agent.call(
         "PUT",
         &format!("/v1/agent/service/deregister/{}", path_segment(id)),
@@ -495,7 +545,7 @@ pub fn deregister(args: &ClientArgs, id: &str) -> Result<(), String> {
 
 /// `muster leave`
 pub fn leave(args: &ClientArgs) -> Result<(), String> {
-    Agent::new(args).call("PUT", "/v1/agent/leave", None)?;
+    Agent::new(args)?.call("PUT", "/v1/agent/leave", None)?;
     if args.json {
         print_json(&serde_json::json!({"Leaving": true}));
     } else {
@@ -506,13 +556,101 @@ pub fn leave(args: &ClientArgs) -> Result<(), String> {
 
 /// `muster reload`
 pub fn reload(args: &ClientArgs) -> Result<(), String> {
-    Agent::new(args).call("PUT", "/v1/agent/reload", None)?;
+    Agent::new(args)?.call("PUT", "/v1/agent/reload", None)?;
     if args.json {
         print_json(&serde_json::json!({"Reloaded": true}));
     } else {
         println!("configuration reloaded");
     }
     Ok(())
+}
+
+/// `muster keyring --list | --install KEY | --use KEY | --remove KEY`: the cluster-wide
+/// keyring through the local agent's `/v1/operator/keyring`.
+pub fn keyring(args: &ClientArgs, op: &crate::cli::KeyringOp) -> Result<(), String> {
+    let agent = Agent::new(args)?;
+    let (method, key, done) = match op {
+        crate::cli::KeyringOp {
+            install: Some(k), ..
+        } => ("POST", k, "installed"),
+        crate::cli::KeyringOp {
+            use_key: Some(k), ..
+        } => ("PUT", k, "made primary"),
+        crate::cli::KeyringOp {
+            remove: Some(k), ..
+        } => ("DELETE", k, "removed"),
+        _ => {
+            let v = agent.call("GET", "/v1/operator/keyring", None)?.json()?;
+            if args.json {
+                print_json(&v);
+            } else {
+                print!("{}", keyring_table(&v));
+            }
+            return keyring_failures(&v);
+        }
+    };
+    // Checked here too, so a typo never reaches the agent.
+    crate::config::decode_key(key).map_err(|e| format!("key: {e}"))?;
+    let body = serde_json::json!({ "Key": key.trim() }).to_string();
+    let v = agent
+        .call(method, "/v1/operator/keyring", Some(body.as_bytes()))?
+        .json()?;
+    if args.json {
+        print_json(&v);
+    } else {
+        let n = v
+            .get(0)
+            .and_then(|r| r.get("NumNodes"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        println!("key {done} on {n} member(s)");
+    }
+    keyring_failures(&v)
+}
+
+/// The keyring listing as a table: each key, on how many members, primary on how many.
+fn keyring_table(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for ring in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let n = ring.get("NumNodes").and_then(Value::as_u64).unwrap_or(0);
+        let primary = ring.get("PrimaryKeys").cloned().unwrap_or(Value::Null);
+        if let Some(keys) = ring.get("Keys").and_then(Value::as_object) {
+            for (k, count) in keys {
+                let p = primary.get(k).and_then(Value::as_u64).unwrap_or(0);
+                rows.push(vec![
+                    k.clone(),
+                    format!("{}/{n}", count.as_u64().unwrap_or(0)),
+                    if p > 0 {
+                        format!("{p}/{n}")
+                    } else {
+                        "-".into()
+                    },
+                ]);
+            }
+        }
+    }
+    table(&["Key", "Installed", "Primary"], &rows)
+}
+
+/// Fails (exit non-zero) when some member reported an error or gave no answer.
+fn keyring_failures(v: &Value) -> Result<(), String> {
+    let mut out = Vec::new();
+    for ring in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        if let Some(m) = ring.get("Messages").and_then(Value::as_object) {
+            for (node, msg) in m {
+                out.push(format!("{node}: {}", msg.as_str().unwrap_or("")));
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} member(s) failed: {}",
+            out.len(),
+            out.join("; ")
+        ))
+    }
 }
 
 /// `muster keygen`: a new gossip key, 32 random bytes from the OS-seeded CSPRNG in base64.
@@ -565,7 +703,7 @@ fn healthy_set(v: &Value) -> Result<BTreeSet<Healthy>, String> {
 /// the healthy set first and then each time it changes. Runs until interrupted or the
 /// agent goes away (which is a failure: the watch can no longer be trusted).
 pub fn watch(args: &ClientArgs, name: &str) -> Result<(), String> {
-    let agent = Agent::new(args);
+    let agent = Agent::new(args)?;
     let base = format!("/v1/health/service/{}?passing", path_segment(name));
     let mut index: u64 = 0;
     let mut last: Option<BTreeSet<Healthy>> = None;
@@ -575,8 +713,14 @@ pub fn watch(args: &ClientArgs, name: &str) -> Result<(), String> {
         } else {
             format!("{base}&index={index}&wait={WATCH_WAIT}")
         };
-        // The agent answers by the wait plus its jitter (1/16); allow a margin on top.
-        let r = agent.request("GET", &path, None, Duration::from_secs(7 * 60))?;
+        // A blocking query is answered by the wait plus its jitter (1/16): allow a margin on
+        // top. The first query does not block, so a wrong address is told at once.
+        let timeout = if index == 0 {
+            ANSWER_TIMEOUT
+        } else {
+            Duration::from_secs(7 * 60)
+        };
+        let r = agent.request("GET", &path, None, timeout)?;
         let r = expect_ok(r)?;
         let new_index = r
             .header("X-Consul-Index")

@@ -56,6 +56,18 @@ impl Default for DnsConfig {
 pub struct HttpConfig {
     /// When set, writes need this token (`X-Consul-Token` or `Authorization: Bearer`).
     pub token: Option<String>,
+    /// `[[http.tokens]]`: tokens that may write only within their scope.
+    pub tokens: Vec<ScopedToken>,
+}
+
+/// A `[[http.tokens]]` entry: a secret that may write the services whose names match
+/// `services` (exact names or globs with `*`), and with `agent` also the agent-wide
+/// operations (join, leave, reload, node maintenance, keyring).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ScopedToken {
+    pub secret: String,
+    pub services: Vec<String>,
+    pub agent: bool,
 }
 
 /// A service from a config file, with its checks (already validated).
@@ -75,8 +87,13 @@ pub struct Config {
     pub client_addr: IpAddr,
     pub domain: String,
     pub retry_join: Vec<String>,
-    /// The 32-byte gossip key, decoded.
+    /// The 32-byte gossip key, decoded: seeds the keyring when `data_dir` holds none.
     pub encrypt: Option<[u8; 32]>,
+    /// Consul's `encrypt_verify_incoming` / `encrypt_verify_outgoing` (default true).
+    pub encrypt_verify_incoming: bool,
+    pub encrypt_verify_outgoing: bool,
+    /// Allows gossip on a non-loopback address without a key.
+    pub gossip_insecure: bool,
     pub log_level: String,
     pub log_json: bool,
     pub node_meta: BTreeMap<String, String>,
@@ -114,6 +131,9 @@ impl Config {
             domain: "local".into(),
             retry_join: Vec::new(),
             encrypt: None,
+            encrypt_verify_incoming: true,
+            encrypt_verify_outgoing: true,
+            gossip_insecure: false,
             log_level: "info".into(),
             log_json: false,
             node_meta: BTreeMap::new(),
@@ -197,6 +217,7 @@ pub fn load(args: &crate::cli::AgentArgs) -> Result<Config, ConfigError> {
         })?;
         let mut f = FileApplier {
             file: name,
+            file_services: 0,
             config: &mut c,
             advertise_set: &mut advertise_set,
             services: &mut services,
@@ -260,6 +281,8 @@ struct PendingService {
 /// Applies one parsed file onto the configuration, naming the file in every error.
 struct FileApplier<'a> {
     file: String,
+    /// Services read so far from this file: errors number them within the file they name.
+    file_services: usize,
     config: &'a mut Config,
     advertise_set: &'a mut bool,
     services: &'a mut Vec<PendingService>,
@@ -389,6 +412,13 @@ impl FileApplier<'_> {
                     let s = self.string(k, v)?;
                     self.config.encrypt = Some(decode_key(&s).map_err(|r| self.err(k, r))?);
                 }
+                "encrypt_verify_incoming" => {
+                    self.config.encrypt_verify_incoming = self.bool(k, v)?
+                }
+                "encrypt_verify_outgoing" => {
+                    self.config.encrypt_verify_outgoing = self.bool(k, v)?
+                }
+                "gossip_insecure" => self.config.gossip_insecure = self.bool(k, v)?,
                 "log_level" => {
                     let s = self.string(k, v)?;
                     self.config.log_level = check_log_level(&s).map_err(|r| self.err(k, r))?;
@@ -491,14 +521,64 @@ impl FileApplier<'_> {
                     }
                     self.config.http.token = Some(s);
                 }
-                _ => return Err(self.err(&k, "unknown key")),
+                "tokens" => {
+                    let items = match v {
+                        toml::Value::Array(items) => items,
+                        other => {
+                            return Err(self.expected(&k, "[[http.tokens]] tables", other));
+                        }
+                    };
+                    self.config.http.tokens.clear();
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("{k}[{i}]");
+                        let t = self.scoped_token(&key, item)?;
+                        if self.config.http.tokens.iter().any(|o| o.secret == t.secret) {
+                            return Err(self
+                                .err(&format!("{key}.secret"), "repeats another token's secret"));
+                        }
+                        self.config.http.tokens.push(t);
+                    }
+                }
+                _ => return Err(self.err(&k, "unknown key (token or tokens)")),
             }
         }
         Ok(())
     }
 
+    /// One `[[http.tokens]]` table: `secret` (required), `services` (names or globs with
+    /// `*`), `agent` (default false).
+    fn scoped_token(&self, key: &str, v: &toml::Value) -> Result<ScopedToken, ConfigError> {
+        let t = self.table(key, v)?;
+        let mut token = ScopedToken::default();
+        let mut secret = None;
+        for (name, val) in t {
+            let k = format!("{key}.{name}");
+            match name.as_str() {
+                "secret" => {
+                    let s = self.string(&k, val)?;
+                    if s.trim().is_empty() || s.contains(['\r', '\n']) {
+                        return Err(self.err(&k, "must be a non-empty line of text"));
+                    }
+                    secret = Some(s);
+                }
+                "services" => {
+                    let list = self.strings(&k, val)?;
+                    for p in &list {
+                        check_service_pattern(p).map_err(|r| self.err(&k, r))?;
+                    }
+                    token.services = list;
+                }
+                "agent" => token.agent = self.bool(&k, val)?,
+                _ => return Err(self.err(&k, "unknown key (secret, services or agent)")),
+            }
+        }
+        token.secret = secret.ok_or_else(|| self.err(&format!("{key}.secret"), "missing"))?;
+        Ok(token)
+    }
+
     fn add_service(&mut self, list_key: &str, v: &toml::Value) -> Result<(), ConfigError> {
-        let key = format!("{list_key}[{}]", self.services.len());
+        let key = format!("{list_key}[{}]", self.file_services);
+        self.file_services += 1;
         let (def, uses_script) = service_from_toml(v)
             .map_err(|(sub, reason)| self.err(&join_key(&key, &sub), reason))?;
         self.services.push(PendingService {
@@ -551,6 +631,7 @@ const CHECK_KEYS: &[&str] = &[
     "tls_skip_verify",
     "status",
     "notes",
+    "pid",
 ];
 
 /// Converts one `[[service]]` table (also the format of `muster register FILE`) into a
@@ -782,6 +863,23 @@ fn normalize_domain(s: &str) -> Result<String, String> {
         }
     }
     Ok(d)
+}
+
+/// A service name pattern of a scoped token: a service name, possibly with `*` (any run
+/// of characters) in it, e.g. `web`, `api-*`, `*-cache`.
+fn check_service_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("a service pattern must not be empty".into());
+    }
+    match p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '*'))
+    {
+        Some(bad) => Err(format!(
+            "service pattern {p:?} contains {bad:?}; use service-name characters and '*'"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A join address: `host` or `host:port` (IPv6 as `[::1]:8301`).
@@ -1071,6 +1169,28 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
     }
 
     #[test]
+    fn process_checks_in_files_name_a_pid() {
+        let c = load_text("[[service]]\nname = \"web\"\ncheck = { pid = 1234 }\n").unwrap();
+        // Parsed only: the agent binds the start time when it applies the service.
+        assert_eq!(
+            c.services[0].checks[0].kind,
+            muster_proto::CheckKind::Process {
+                pid: 1234,
+                start_time: 0
+            }
+        );
+        let (k, r) = key_error("[[service]]\nname = \"web\"\ncheck = { pid = 0 }\n");
+        assert_eq!(
+            (k.as_str(), r.as_str()),
+            ("service[0].check.pid", "0 is not a process id")
+        );
+        let (k, _) = key_error(
+            "[[service]]\nname = \"web\"\nchecks = [{ ttl = \"5s\" }, { pid = \"12\" }]\n",
+        );
+        assert_eq!(k, "service[0].checks[1].pid");
+    }
+
+    #[test]
     fn files_merge_in_order_and_dirs_in_lexical_order() {
         let d = Dir::new();
         let conf = Dir::new();
@@ -1240,6 +1360,40 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
             key_error("[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"").0,
             "service[1].id"
         );
+        let (k, r) = key_error(
+            "[[service]]\nname = \"a\"\ncheck = { ttl = \"30s\", http = \"http://x\", interval = \"1s\" }",
+        );
+        assert_eq!(k, "service[0].check");
+        assert!(r.starts_with("ttl and http are both set"), "{r}");
+    }
+
+    #[test]
+    fn services_are_numbered_within_the_file_an_error_names() {
+        let d = Dir::new();
+        let a = d.file(
+            "10-web.toml",
+            "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n[[service]]\nname = \"c\"\n",
+        );
+        let b = d.file("zz-api.toml", "[[service]]\nname = \"api\"\nprot = 80\n");
+        let e = load(&with_files(&[a.clone(), b.clone()])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: key service[0].prot: unknown key", b.display())
+        );
+        // A duplicate id is named by its place in its own file too.
+        let c = d.file(
+            "zz-dup.toml",
+            "[[service]]\nname = \"x\"\n[[service]]\nname = \"b\"\n",
+        );
+        let e = load(&with_files(&[a.clone(), c.clone()])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: key service[1].id: service id \"b\" is already defined in {}",
+                c.display(),
+                a.display()
+            )
+        );
     }
 
     #[test]
@@ -1311,6 +1465,50 @@ check = { ttl = "30s", status = "passing", notes = "heartbeat", name = "beat", i
             Some(std::net::Ipv4Addr::new(10, 1, 2, 3))
         );
         assert_eq!(first_private_ipv4("|-- 127.0.0.1\n /32 host LOCAL\n"), None);
+    }
+
+    #[test]
+    fn scoped_tokens_and_gossip_security_keys() {
+        let c = load_text(
+            r#"
+gossip_insecure = true
+encrypt_verify_incoming = false
+encrypt_verify_outgoing = false
+[http]
+token = "root"
+[[http.tokens]]
+secret = "web-writer"
+services = ["web", "api-*"]
+[[http.tokens]]
+secret = "ops"
+agent = true
+"#,
+        )
+        .unwrap();
+        assert!(c.gossip_insecure);
+        assert!(!c.encrypt_verify_incoming && !c.encrypt_verify_outgoing);
+        assert_eq!(c.http.tokens.len(), 2);
+        assert_eq!(c.http.tokens[0].services, vec!["web", "api-*"]);
+        assert!(!c.http.tokens[0].agent);
+        assert!(c.http.tokens[1].agent && c.http.tokens[1].services.is_empty());
+        let d = load_text("").unwrap();
+        assert!(d.encrypt_verify_incoming && d.encrypt_verify_outgoing && !d.gossip_insecure);
+        assert_eq!(
+            key_error("[[http.tokens]]\nservices = [\"web\"]").0,
+            "http.tokens[0].secret"
+        );
+        assert_eq!(
+            key_error("[[http.tokens]]\nsecret = \"a\"\nservice = [\"web\"]").0,
+            "http.tokens[0].service"
+        );
+        let (k, r) = key_error("[[http.tokens]]\nsecret = \"a\"\nservices = [\"web/1\"]");
+        assert_eq!(k, "http.tokens[0].services");
+        assert!(r.contains("'/'"), "{r}");
+        assert_eq!(
+            key_error("[[http.tokens]]\nsecret = \"a\"\n[[http.tokens]]\nsecret = \"a\"").0,
+            "http.tokens[1].secret"
+        );
+        assert_eq!(key_error("gossip_insecure = \"yes\"").0, "gossip_insecure");
     }
 
     #[test]

@@ -6,8 +6,10 @@ mod cli;
 mod client;
 mod config;
 mod dns;
+mod exec;
 mod gossip;
 mod http;
+mod keyring;
 mod metrics;
 mod state;
 mod store;
@@ -24,7 +26,9 @@ fn main() -> std::process::ExitCode {
         C::Register { file, client: c } => client::finish(client::register(&c, &file)),
         C::Deregister { id, client: c } => client::finish(client::deregister(&c, &id)),
         C::Watch { name, client: c } => client::finish(client::watch(&c, &name)),
+        C::Exec(args) => exec::main(args),
         C::Keygen => client::finish(client::keygen()),
+        C::Keyring { op, client: c } => client::finish(client::keyring(&c, &op)),
         C::Leave(c) => client::finish(client::leave(&c)),
         C::Reload(c) => client::finish(client::reload(&c)),
         C::Version => {

@@ -91,6 +91,12 @@ pub struct Metrics {
     pub gossip_bytes_out: AtomicU64,
     pub gossip_decrypt_failures: AtomicU64,
     pub gossip_malformed: AtomicU64,
+    /// (channel, reason) → gossip datagrams and stream frames dropped before decoding.
+    /// Both labels are fixed strings from the transport, so the map stays small.
+    pub gossip_dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Keyring operations applied on this agent, and those it refused.
+    pub keyring_ops: AtomicU64,
+    pub keyring_op_failures: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
 }
@@ -114,6 +120,13 @@ impl Metrics {
     pub fn gossip_in(&self, bytes: usize) {
         self.gossip_packets_in.fetch_add(1, Relaxed);
         self.gossip_bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Counts one datagram or stream frame dropped before it was decoded.
+    pub fn gossip_dropped(&self, channel: &'static str, reason: &'static str) {
+        if let Ok(mut m) = self.gossip_dropped.lock() {
+            *m.entry((channel, reason)).or_insert(0) += 1;
+        }
     }
 
     pub fn gossip_out(&self, bytes: usize) {
@@ -213,13 +226,35 @@ impl Metrics {
         });
         counters.push(counter(
             "muster.gossip.decrypt_failures",
-            "Gossip packets dropped because they did not decrypt with our key.",
+            "Gossip packets and stream frames dropped because they did not open: no installed key opens them, a wrong checksum, or plaintext where encryption is required.",
             self.gossip_decrypt_failures.load(Relaxed),
         ));
         counters.push(counter(
             "muster.gossip.malformed",
             "Gossip packets dropped because they did not decode.",
             self.gossip_malformed.load(Relaxed),
+        ));
+        if let Ok(m) = self.gossip_dropped.lock() {
+            for ((channel, reason), n) in m.iter() {
+                counters.push(Series {
+                    labels: vec![("channel", channel.to_string()), ("reason", reason.to_string())],
+                    ..counter(
+                        "muster.gossip.dropped",
+                        "Gossip datagrams and stream frames dropped before decoding, by channel and reason.",
+                        *n,
+                    )
+                });
+            }
+        }
+        counters.push(counter(
+            "muster.keyring.operations",
+            "Keyring operations (install, use, remove) applied on this agent.",
+            self.keyring_ops.load(Relaxed),
+        ));
+        counters.push(counter(
+            "muster.keyring.operation_failures",
+            "Keyring operations this agent refused or could not persist.",
+            self.keyring_op_failures.load(Relaxed),
         ));
         counters.push(counter(
             "muster.config.reloads",

@@ -149,12 +149,15 @@ impl Local {
         self.sources.insert(id, source);
     }
 
-    /// Adds or replaces a check; one with the same definition keeps its current status.
+    /// Adds or replaces a check; one with the same definition keeps its current status
+    /// (and when that status began); a new one starts its status now.
     fn put_check(&mut self, mut check: Check) {
+        check.status_changed_ms = wall_clock_millis();
         if let Some(old) = self.record.checks.get(&check.id) {
             if old.kind == check.kind && old.service_id == check.service_id {
                 check.status = old.status;
                 check.output = old.output.clone();
+                check.status_changed_ms = old.status_changed_ms;
             }
         }
         self.record.checks.insert(check.id.clone(), check);
@@ -220,6 +223,11 @@ fn wall_clock_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Unix milliseconds: when a check's status changed (shown by the web status page).
+fn wall_clock_millis() -> u64 {
+    wall_clock_micros() / 1000
 }
 
 /// How far ahead of our clock a peer's copy of our own record may be (clock skew between
@@ -485,6 +493,9 @@ impl State {
             let Some(check) = l.record.checks.get_mut(id) else {
                 return Err(StateError::UnknownCheck(id.to_string()));
             };
+            if check.status != status {
+                check.status_changed_ms = wall_clock_millis();
+            }
             check.status = status;
             check.output = output;
             let touched =
@@ -525,7 +536,7 @@ impl State {
             }
             let cid = maintenance_id(id);
             if enable {
-                l.record.checks.insert(cid, maintenance_check(id, reason));
+                l.put_check(maintenance_check(id, reason));
                 l.maintenance.insert(id.to_string(), reason.to_string());
             } else {
                 l.record.checks.remove(&cid);
@@ -540,8 +551,7 @@ impl State {
     pub async fn set_node_maintenance(&self, enable: bool, reason: &str) -> Result<(), StateError> {
         self.change_local(|l| {
             if enable {
-                let check = node_maintenance_check(reason);
-                l.record.checks.insert(check.id.clone(), check);
+                l.put_check(node_maintenance_check(reason));
             } else {
                 l.record.checks.remove(NODE_MAINTENANCE_CHECK);
             }
@@ -650,6 +660,7 @@ fn maintenance_check(service_id: &str, reason: &str) -> Check {
         service_id: service_id.to_string(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,
+        status_changed_ms: wall_clock_millis(),
     }
 }
 
@@ -667,5 +678,6 @@ fn node_maintenance_check(reason: &str) -> Check {
         service_id: String::new(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,
+        status_changed_ms: wall_clock_millis(),
     }
 }

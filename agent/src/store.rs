@@ -15,6 +15,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const FORMAT_VERSION: u32 = 1;
+/// The largest record file read at start: a node's whole record may be 512 KiB encoded,
+/// so a bigger file was not written by this agent.
+const MAX_FILE: u64 = 1024 * 1024;
 
 /// A service as stored on disk, with the checks that belong to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,7 +116,10 @@ impl Store {
         let mut loaded = Loaded::default();
         for path in self.list(&self.services)? {
             match read_json::<StoredService>(&path) {
-                Ok(s) if s.format == FORMAT_VERSION => loaded.services.push(s),
+                Ok(s) if s.format == FORMAT_VERSION => match valid_service(&s) {
+                    Ok(()) => loaded.services.push(s),
+                    Err(reason) => self.quarantine(&path, reason, &mut loaded),
+                },
                 Ok(s) => {
                     self.quarantine(&path, format!("unknown format {}", s.format), &mut loaded)
                 }
@@ -122,7 +128,10 @@ impl Store {
         }
         for path in self.list(&self.checks)? {
             match read_json::<StoredCheck>(&path) {
-                Ok(c) if c.format == FORMAT_VERSION => loaded.checks.push(c.check),
+                Ok(c) if c.format == FORMAT_VERSION => match valid_check(&c.check, "") {
+                    Ok(()) => loaded.checks.push(c.check),
+                    Err(reason) => self.quarantine(&path, reason, &mut loaded),
+                },
                 Ok(c) => {
                     self.quarantine(&path, format!("unknown format {}", c.format), &mut loaded)
                 }
@@ -166,9 +175,59 @@ impl Store {
     }
 }
 
+/// Reads a record file, refusing one larger than [`MAX_FILE`] before holding it.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    use std::io::Read;
+    let f = File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {MAX_FILE} bytes"));
+    }
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// What the HTTP API would have refused is refused from disk too (a file edited by hand
+/// or damaged must not put into the catalog what no client could register).
+fn valid_service(s: &StoredService) -> Result<(), String> {
+    muster_proto::validate::service(&s.service)
+        .map_err(|e| format!("{}: {}", e.field, e.reason))?;
+    if s.checks.len() > muster_proto::validate::MAX_CHECKS_PER_SERVICE {
+        return Err(format!("{} checks on one service", s.checks.len()));
+    }
+    for c in &s.checks {
+        valid_check(c, &s.service.id)?;
+    }
+    if let Some(reason) = &s.maintenance {
+        muster_proto::validate::text(
+            "maintenance reason",
+            reason,
+            muster_proto::model::MAX_CHECK_OUTPUT,
+        )
+        .map_err(|e| format!("{}: {}", e.field, e.reason))?;
+    }
+    Ok(())
+}
+
+/// A stored check: a valid id, bounded texts, and the service it says it belongs to.
+fn valid_check(c: &Check, service_id: &str) -> Result<(), String> {
+    let bad = |e: muster_proto::validate::ValidationError| {
+        format!("check {:?}: {}: {}", c.id, e.field, e.reason)
+    };
+    muster_proto::validate::id("CheckID", &c.id).map_err(bad)?;
+    let max = muster_proto::model::MAX_CHECK_OUTPUT;
+    muster_proto::validate::text("Output", &c.output, max).map_err(bad)?;
+    muster_proto::validate::text("Notes", &c.notes, max).map_err(bad)?;
+    muster_proto::validate::text("Name", &c.name, max).map_err(bad)?;
+    if c.service_id != service_id {
+        return Err(format!(
+            "check {:?} belongs to service {:?}, stored with {:?}",
+            c.id, c.service_id, service_id
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` as `dir/name` so that a crash leaves the old or the new content whole.
@@ -225,7 +284,7 @@ mod tests {
         let d = tmpdir("rt");
         let store = Store::open(&d).unwrap();
         store
-            .save_service(&StoredService::new(svc("a/../b"), vec![], None))
+            .save_service(&StoredService::new(svc("..\\b ?*"), vec![], None))
             .unwrap();
         store
             .save_service(&StoredService::new(svc("x"), vec![], Some("m".into())))
@@ -239,6 +298,26 @@ mod tests {
     }
 
     #[test]
+    fn check_files_from_before_status_times_still_load() {
+        // A node-level check as stored before `status_changed_ms` existed.
+        let d = tmpdir("old-check");
+        let store = Store::open(&d).unwrap();
+        let old = r#"{"format": 1, "check": {"id": "disk", "name": "disk", "status": "warning",
+            "notes": "", "output": "92% full", "service_id": "", "kind": {"Ttl": {"ttl_ms": 60000}},
+            "deregister_critical_after_ms": 0}}"#;
+        fs::write(d.join("checks/old.json"), old).unwrap();
+        let loaded = store.load().unwrap();
+        assert!(loaded.quarantined.is_empty(), "{:?}", loaded.quarantined);
+        assert_eq!(loaded.checks.len(), 1);
+        assert_eq!(loaded.checks[0].output, "92% full");
+        assert_eq!(
+            loaded.checks[0].status_changed_ms, 0,
+            "unknown, not invented"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn corrupt_record_is_moved_aside() {
         let d = tmpdir("corrupt");
         let store = Store::open(&d).unwrap();
@@ -246,11 +325,26 @@ mod tests {
             .save_service(&StoredService::new(svc("good"), vec![], None))
             .unwrap();
         fs::write(d.join("services/bad.json"), b"{not json").unwrap();
+        // Well-formed JSON the API would refuse (a service name with a space), and a file
+        // too large to be a record, are refused too.
+        let mut invalid = StoredService::new(svc("odd"), vec![], None);
+        invalid.service.name = "not a name".into();
+        fs::write(
+            d.join("services/invalid.json"),
+            serde_json::to_vec(&invalid).unwrap(),
+        )
+        .unwrap();
+        fs::write(d.join("services/huge.json"), vec![b' '; 2 << 20]).unwrap();
         fs::write(d.join("services/.tmp-half.json"), b"{\"half").unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.services.len(), 1);
-        assert_eq!(loaded.quarantined.len(), 1);
+        assert_eq!(loaded.quarantined.len(), 3, "{:?}", loaded.quarantined);
         assert!(d.join("quarantine/bad.json").exists());
+        assert!(d.join("quarantine/invalid.json").exists());
+        assert!(loaded
+            .quarantined
+            .iter()
+            .any(|(_, r)| r.contains("larger than")));
         assert!(!d.join("services/.tmp-half.json").exists());
         fs::remove_dir_all(&d).unwrap();
     }

@@ -59,6 +59,7 @@ static CATALOG: LazyLock<Snapshot> = LazyLock::new(|| {
                         service_id: id,
                         kind: CheckKind::Ttl { ttl_ms: 1000 },
                         deregister_critical_after_ms: 0,
+                        status_changed_ms: 0,
                     },
                 );
             }

@@ -773,6 +773,7 @@ mod tests {
                 service_id: "w2".into(),
                 kind: CheckKind::Ttl { ttl_ms: 1000 },
                 deregister_critical_after_ms: 0,
+                status_changed_ms: 0,
             },
         );
         r.services.get_mut("w1").unwrap().tags = vec!["Primary".into()];

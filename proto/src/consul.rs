@@ -10,6 +10,7 @@ use crate::duration;
 use crate::model::{
     Check, CheckKind, HealthStatus, NodeRecord, Service, Weights, SERF_HEALTH_CHECK,
 };
+use crate::process::{self, Liveness, ProcStat};
 use crate::validate::{self, ValidationError};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -239,11 +240,7 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
     let many = defs.len() > 1;
     let mut checks = Vec::with_capacity(defs.len());
     for (i, def) in defs.into_iter().enumerate() {
-        let field = if many {
-            format!("Checks[{i}]")
-        } else {
-            "Check".to_string()
-        };
+        let field = check_field(i, many);
         let default_id = if many {
             format!("service:{id}:{}", i + 1)
         } else {
@@ -263,6 +260,61 @@ pub fn parse_registration(body: &Value) -> Result<Registration, ValidationError>
         }
     }
     Ok(Registration { service, checks })
+}
+
+/// The field a registration's `i`-th check is named by in errors: `Check` when there is
+/// only one (however it was written), `Checks[i]` otherwise.
+fn check_field(i: usize, many: bool) -> String {
+    if many {
+        format!("Checks[{i}]")
+    } else {
+        "Check".to_string()
+    }
+}
+
+/// Binds the process checks of a parsed registration to the processes they name (see
+/// [`bind_process`]), naming the check's field in any refusal.
+pub fn bind_processes(
+    reg: &mut Registration,
+    observe: impl Fn(u32) -> Result<Option<ProcStat>, String>,
+) -> Result<(), ValidationError> {
+    let many = reg.checks.len() > 1;
+    for (i, check) in reg.checks.iter_mut().enumerate() {
+        bind_process(check, &check_field(i, many), &observe)?;
+    }
+    Ok(())
+}
+
+/// Binds a process check to the process its PID names now: records that process's start
+/// time and makes the check passing. `observe` is the host's word on a PID (`Ok(None)`: no
+/// such process; `Err`: it cannot tell, e.g. no pidfd support). A process that is not running
+/// is refused: a registration bound to a dead process would be born dead. Checks of other
+/// kinds are left alone. `field` prefixes error names, as in [`parse_check`].
+pub fn bind_process(
+    check: &mut Check,
+    field: &str,
+    observe: impl Fn(u32) -> Result<Option<ProcStat>, String>,
+) -> Result<(), ValidationError> {
+    let CheckKind::Process { pid, start_time } = &mut check.kind else {
+        return Ok(());
+    };
+    let pid_field = format!("{field}.PID");
+    match observe(*pid).map_err(|reason| ValidationError::new(&pid_field, reason))? {
+        None => Err(ValidationError::new(
+            pid_field,
+            format!("no process with PID {pid} is running"),
+        )),
+        Some(stat) if stat.exited() => Err(ValidationError::new(
+            pid_field,
+            format!("process {pid} has exited (only its zombie is left)"),
+        )),
+        Some(stat) => {
+            *start_time = stat.start_time;
+            check.status = HealthStatus::Passing;
+            check.output = process::describe(*pid, stat.start_time, Liveness::Running);
+            Ok(())
+        }
+    }
 }
 
 fn weight(w: &Fields<'_>, name: &str) -> Result<u32, ValidationError> {
@@ -328,6 +380,7 @@ pub fn parse_check(
             )),
         }
     };
+    check_one_kind(&f, field)?;
     let kind = if let Some(ttl) = f.duration_ms(&["TTL"])? {
         if ttl == 0 {
             return Err(ValidationError::new(fname("TTL"), "must be more than 0"));
@@ -405,10 +458,19 @@ pub fn parse_check(
             interval_ms: need_interval("script")?,
             timeout_ms: timeout,
         }
+    } else if let Some(pid) = f.int(&["PID"])? {
+        let pid = u32::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0 && i32::try_from(*p).is_ok())
+            .ok_or_else(|| {
+                ValidationError::new(fname("PID"), format!("{pid} is not a process id"))
+            })?;
+        // The start time is the agent's to record (`bind_process`), never the caller's.
+        CheckKind::Process { pid, start_time: 0 }
     } else {
         return Err(ValidationError::new(
             field,
-            "one of TTL, HTTP, TCP or Args is required",
+            "one of TTL, HTTP, TCP, Args or PID is required",
         ));
     };
     Ok(Check {
@@ -428,7 +490,64 @@ pub fn parse_check(
         deregister_critical_after_ms: f
             .duration_ms(&["DeregisterCriticalServiceAfter", "DeregisterCriticalAfter"])?
             .unwrap_or(0),
+        // Stamped by the agent when the check is put in place.
+        status_changed_ms: 0,
     })
+}
+
+/// The fields that make a check of one kind, as muster runs them.
+const CHECK_KINDS: &[&[&str]] = &[&["TTL"], &["HTTP"], &["TCP"], &["Args", "ScriptArgs"]];
+/// Consul's other kinds, which muster does not run.
+const OTHER_CHECK_KINDS: &[&str] = &[
+    "GRPC",
+    "H2PING",
+    "UDP",
+    "OSService",
+    "AliasService",
+    "AliasNode",
+    "DockerContainerID",
+];
+
+/// A check is of exactly one kind: a definition that sets two (`TTL` with `HTTP`, say)
+/// is refused rather than quietly run as whichever is looked at first, and a kind muster
+/// does not run is named rather than reported as missing. Fields named in the error are
+/// spelled as the client wrote them; empty values count as unset, as Consul's decoder
+/// leaves them.
+fn check_one_kind(f: &Fields<'_>, field: &str) -> Result<(), ValidationError> {
+    let written = |names: &[&str]| -> Option<&str> {
+        let wanted: Vec<String> = names.iter().map(|n| norm(n)).collect();
+        f.map
+            .iter()
+            .find(|(k, v)| {
+                wanted.contains(&norm(k))
+                    && match v {
+                        Value::Null => false,
+                        Value::String(s) => !s.is_empty(),
+                        Value::Array(a) => !a.is_empty(),
+                        _ => true,
+                    }
+            })
+            .map(|(k, _)| k.as_str())
+    };
+    let set: Vec<&str> = CHECK_KINDS.iter().filter_map(|k| written(k)).collect();
+    if let Some((last, rest)) = set.split_last().filter(|_| set.len() > 1) {
+        let both = if rest.len() == 1 { "both" } else { "all" };
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{} and {last} are {both} set, but a check has one kind: \
+                 give only one of TTL, HTTP, TCP or Args",
+                rest.join(", ")
+            ),
+        ));
+    }
+    if let Some(other) = OTHER_CHECK_KINDS.iter().find_map(|k| written(&[k])) {
+        return Err(ValidationError::new(
+            format!("{field}.{other}"),
+            "muster does not run this kind of check (only TTL, HTTP, TCP and Args)",
+        ));
+    }
+    Ok(())
 }
 
 // ----- rendering -----
@@ -569,6 +688,7 @@ pub fn serf_health(entry: &NodeEntry) -> Check {
         service_id: String::new(),
         kind: CheckKind::Internal,
         deregister_critical_after_ms: 0,
+        status_changed_ms: 0,
     }
 }
 
@@ -602,6 +722,7 @@ fn check_definition(c: &Check) -> Value {
             "ScriptArgs": args, "Interval": ms(*interval_ms), "Timeout": ms(*timeout_ms),
         }),
         CheckKind::Internal => json!({}),
+        CheckKind::Process { pid, .. } => json!({ "PID": pid }),
     };
     if c.deregister_critical_after_ms > 0 {
         d["DeregisterCriticalServiceAfter"] = json!(ms(c.deregister_critical_after_ms));
@@ -730,6 +851,48 @@ mod tests {
     }
 
     #[test]
+    fn a_check_of_two_kinds_is_refused_naming_both() {
+        let e = |v: Value| {
+            let e = parse_registration(&v).unwrap_err();
+            (e.field, e.reason)
+        };
+        let (field, reason) = e(json!({"Name": "web",
+            "Check": {"TTL": "30s", "HTTP": "http://x", "Interval": "1s"}}));
+        assert_eq!(field, "Check");
+        assert_eq!(
+            reason,
+            "TTL and HTTP are both set, but a check has one kind: \
+             give only one of TTL, HTTP, TCP or Args"
+        );
+        // Named as written, in any case; in a list, the check's place.
+        let (field, reason) = e(json!({"Name": "web", "Checks": [{"TTL": "5s"},
+            {"tcp": "x:1", "script_args": ["/bin/true"], "http": "http://x", "interval": "1s"}]}));
+        assert_eq!(field, "Checks[1]");
+        assert!(
+            reason.starts_with("http, tcp and script_args are all set"),
+            "{reason}"
+        );
+        // Empty values are unset, as clients that send every field leave them.
+        let r = parse_registration(&json!({"Name": "web",
+            "Check": {"TTL": "5s", "HTTP": "", "TCP": "", "Args": [], "GRPC": ""}}))
+        .unwrap();
+        assert_eq!(r.checks[0].kind, CheckKind::Ttl { ttl_ms: 5_000 });
+        // Consul's kinds that muster does not run are named, not mistaken for another.
+        let (field, reason) = e(json!({"Name": "web", "Check": {"TTL": "5s", "GRPC": "x:1"}}));
+        assert_eq!(field, "Check.GRPC");
+        assert!(reason.contains("does not run"), "{reason}");
+        // The same rule for a check registered on its own.
+        let e = parse_check(
+            &json!({"Name": "c", "TCP": "x:1", "TTL": "5s"}),
+            "check",
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "check");
+    }
+
+    #[test]
     fn check_defaults() {
         let r = parse_registration(&json!({"Name": "web", "ID": "w1", "Check": {"TTL": "10s"}}))
             .unwrap();
@@ -744,6 +907,74 @@ mod tests {
         assert_eq!(r.checks[0].id, "service:web:1");
         assert_eq!(r.checks[0].status, HealthStatus::Passing);
         assert_eq!(r.checks[1].deregister_critical_after_ms, 60_000);
+    }
+
+    #[test]
+    fn process_checks_are_bound_to_a_running_process() {
+        let running = |pid: u32| {
+            Ok(Some(ProcStat {
+                state: 'S',
+                start_time: u64::from(pid) * 10,
+            }))
+        };
+        let body = json!({"Name": "web", "ID": "w1", "Check": {"PID": 1234}});
+        let mut r = parse_registration(&body).unwrap();
+        assert_eq!(
+            r.checks[0].kind,
+            CheckKind::Process {
+                pid: 1234,
+                start_time: 0
+            }
+        );
+        bind_processes(&mut r, running).unwrap();
+        assert_eq!(
+            r.checks[0].kind,
+            CheckKind::Process {
+                pid: 1234,
+                start_time: 12340
+            }
+        );
+        assert_eq!(r.checks[0].status, HealthStatus::Passing);
+        assert_eq!(check_definition(&r.checks[0]), json!({"PID": 1234}));
+        assert_eq!(r.checks[0].kind.type_name(), "process");
+
+        // Refusals name the check's field.
+        let gone = |_: u32| Ok(None);
+        let mut r = parse_registration(&body).unwrap();
+        let e = bind_processes(&mut r, gone).unwrap_err();
+        assert_eq!(e.field, "Check.PID");
+        assert!(e.reason.contains("no process with PID 1234"), "{e}");
+        let zombie = |_: u32| {
+            Ok(Some(ProcStat {
+                state: 'Z',
+                start_time: 1,
+            }))
+        };
+        let two = json!({"Name": "web", "Checks": [{"TTL": "5s"}, {"PID": 7}]});
+        let mut r = parse_registration(&two).unwrap();
+        assert_eq!(
+            bind_processes(&mut r, zombie).unwrap_err().field,
+            "Checks[1].PID"
+        );
+        let unsupported = |_: u32| Err("pidfd_open: not supported".to_string());
+        let mut c = parse_check(&json!({"Name": "p", "PID": 9}), "body", "", "").unwrap();
+        let e = bind_process(&mut c, "body", unsupported).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("body.PID", "pidfd_open: not supported")
+        );
+
+        let e = |v: Value| parse_registration(&v).unwrap_err().field;
+        assert_eq!(e(json!({"Name": "web", "Check": {"PID": 0}})), "Check.PID");
+        assert_eq!(e(json!({"Name": "web", "Check": {"PID": -5}})), "Check.PID");
+        assert_eq!(
+            e(json!({"Name": "web", "Check": {"PID": 4294967296u64}})),
+            "Check.PID"
+        );
+        assert_eq!(
+            e(json!({"Name": "web", "Check": {"PID": "12"}})),
+            "Check.PID"
+        );
     }
 
     #[test]

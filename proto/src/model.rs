@@ -98,6 +98,12 @@ pub enum CheckKind {
     },
     /// Set by the agent itself: maintenance mode, `serfHealth`.
     Internal,
+    /// Bound to one process's life (SPEC §10): passing while it runs; when it exits the
+    /// agent deregisters the service at once. `start_time` (clock ticks since boot, field
+    /// 22 of `/proc/PID/stat`) is recorded when the check is registered, so a later process
+    /// that happens to get the same PID is never taken for the owner. Added last: the enum
+    /// travels postcard-encoded in gossip and JSON-stored in `data_dir`.
+    Process { pid: u32, start_time: u64 },
 }
 
 impl CheckKind {
@@ -109,6 +115,7 @@ impl CheckKind {
             CheckKind::Tcp { .. } => "tcp",
             CheckKind::Script { .. } => "script",
             CheckKind::Internal => "",
+            CheckKind::Process { .. } => "process",
         }
     }
 }
@@ -127,6 +134,11 @@ pub struct Check {
     pub kind: CheckKind,
     /// Remove the service after it has been critical this long (0 = never).
     pub deregister_critical_after_ms: u64,
+    /// When `status` last changed (or the check was created), on the owning agent's wall
+    /// clock, in Unix milliseconds; 0 when unknown (checks stored by older versions). Only
+    /// the web status page shows it: Consul's check JSON has no such field.
+    #[serde(default)]
+    pub status_changed_ms: u64,
 }
 
 /// Longest check output (and notes) kept, in bytes: outputs travel in every gossip copy of

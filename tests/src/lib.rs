@@ -4,8 +4,7 @@
 //! The binary is `target/<profile>/muster` next to the test executable (build it with
 //! `cargo build --bins` first; the README's test command does), or `$MUSTER_BIN`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -338,7 +337,14 @@ pub fn request(
         .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
 }
 
-/// One HTTP/1.1 request over a fresh TCP connection.
+/// How long a test waits for a TCP connection to the agent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test waits for a whole answer: longer than any blocking query a test makes.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(700);
+
+/// One HTTP/1.1 request over a fresh TCP connection, made with hyper's client: a
+/// well-kept HTTP implementation rather than a parser of our own, so a test never passes
+/// or fails because two hand-written halves of HTTP happen to agree.
 pub fn try_request(
     addr: SocketAddr,
     method: &str,
@@ -346,73 +352,74 @@ pub fn try_request(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(700)))?;
-    let body = body.unwrap_or(&[]);
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    // Each call has its own small runtime: tests call this from plain threads, often
+    // several at once, and never from inside a runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(exchange(addr, method, path, body.unwrap_or(&[]), headers))
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    use http_body_util::{BodyExt, Full};
+    use std::io::{Error, ErrorKind};
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "connect timed out"))??;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(Error::other)?;
+    let driver = tokio::spawn(conn);
+    let method = hyper::Method::from_bytes(method.as_bytes()).map_err(Error::other)?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONNECTION, "close");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    // A server may answer (e.g. 413) before reading the whole body; ignore write errors then.
-    let _ = s.write_all(body);
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    let mut len: Option<usize> = None;
-    let mut chunked = false;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_string(), v.trim().to_string());
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.parse().ok();
-            }
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
-                chunked = true;
-            }
-            headers.push((k, v));
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut sz = String::new();
-            r.read_line(&mut sz)?;
-            let n = usize::from_str_radix(sz.trim(), 16).map_err(std::io::Error::other)?;
-            if n == 0 {
-                break;
-            }
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else if let Some(n) = len {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        r.read_to_end(&mut body)?;
-    }
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    let req = req
+        .body(Full::new(bytes::Bytes::copy_from_slice(body)))
+        .map_err(Error::other)?;
+    let answer = async {
+        let resp = sender.send_request(req).await.map_err(Error::other)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(Error::other)?
+            .to_bytes()
+            .to_vec();
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    };
+    let r = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer in time"))?;
+    driver.abort();
+    r
 }
 
 /// Asks `server` over UDP for the A records of `name`; returns the rcode and the addresses.

@@ -1,5 +1,5 @@
 //! Compatibility with real Consul client libraries: the Python `py-consul` package drives
-//! the agents (suite in `tests/compat/py_consul_suite.py`; `.ci/run` installs py-consul).
+//! the agents (suite in `tests/compat/py_consul_suite.py`; `tests/run.sh` installs py-consul).
 
 use muster_tests::{Agent, AgentSpec};
 use std::process::Command;
@@ -33,7 +33,7 @@ fn npm_consul_against_one_agent() {
         std::path::Path::new(dir)
             .join("node_modules/consul")
             .exists(),
-        "run `npm ci --prefix tests/compat` first (.ci/run does)"
+        "run `npm ci --prefix tests/compat` first (tests/run.sh does)"
     );
     let a = Agent::start(AgentSpec::dev("npm-single", "127.0.0.1"));
     let out = Command::new("node")

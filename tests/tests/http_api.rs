@@ -181,6 +181,46 @@ fn register_and_read_back_everywhere() {
     assert!(a.get_json("/v1/agent/services").get("web-1").is_none());
 }
 
+/// A check that sets two kinds (the issue's `TTL` with `HTTP`) is a 400 naming both, for a
+/// service's check and for a check registered on its own; nothing is stored.
+#[test]
+fn a_check_of_two_kinds_is_refused_naming_the_conflict() {
+    let a = Agent::start(AgentSpec::dev("node-kinds", "127.0.0.1"));
+    let r = a.put(
+        "/v1/agent/service/register",
+        r#"{"Name":"web","Check":{"TTL":"30s","HTTP":"http://x","Interval":"1s"}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.text().trim(),
+        "Invalid Check: TTL and HTTP are both set, but a check has one kind: \
+         give only one of TTL, HTTP, TCP or Args"
+    );
+    let r = a.put(
+        "/v1/agent/service/register",
+        r#"{"Name":"web","Checks":[{"TTL":"30s"},{"TCP":"127.0.0.1:1","Args":["/bin/true"],"Interval":"1s"}]}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("Invalid Checks[1]: TCP and Args are both set"),
+        "{}",
+        r.text()
+    );
+    let r = a.put(
+        "/v1/agent/check/register",
+        r#"{"Name":"disk","TTL":"30s","TCP":"127.0.0.1:1","Interval":"1s"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("TTL and TCP are both set"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(a.get_json("/v1/agent/services"), json!({}));
+    assert_eq!(a.get_json("/v1/agent/checks"), json!({}));
+}
+
 #[test]
 fn bad_input_gets_its_status_and_agent_keeps_serving() {
     let a = Agent::start(AgentSpec::dev("node-bad", "127.0.0.1"));

@@ -251,3 +251,75 @@ fn keygen_version_and_leave() {
         muster(&addr, &["members"]).code != 0
     }));
 }
+
+/// `--http-addr` naming something that is not an agent's HTTP port (the DNS port, a port
+/// that answers in another protocol, one that accepts and stays silent) fails on its own
+/// short deadline with a reason that says so, instead of hanging until the far side gives
+/// up and printing `not an HTTP answer: ""`.
+#[test]
+fn a_port_that_is_not_an_agent_is_named_as_such_without_hanging() {
+    use std::io::Write;
+    let agent = Agent::start(AgentSpec::dev("cli5", "127.0.0.1"));
+    // A server that greets in another protocol, and one that accepts and says nothing.
+    let ssh = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ssh_addr = ssh.local_addr().unwrap().to_string();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        // Greets at once and keeps the connection, as sshd does.
+        let mut held = Vec::new();
+        for mut s in ssh.incoming().map_while(Result::ok) {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+            held.push(s);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    let dns = agent.dns().to_string();
+    for (what, addr, args, why) in [
+        (
+            "the DNS port",
+            &dns,
+            vec!["services"],
+            "no HTTP answer within",
+        ),
+        (
+            "the DNS port",
+            &dns,
+            vec!["watch", "web"],
+            "no HTTP answer within",
+        ),
+        (
+            "an SSH-like server",
+            &ssh_addr,
+            vec!["members"],
+            "its reply is not HTTP",
+        ),
+        (
+            "a silent server",
+            &silent_addr,
+            vec!["services"],
+            "no HTTP answer within",
+        ),
+    ] {
+        let t = std::time::Instant::now();
+        let err = failed(muster(addr, &args));
+        let took = t.elapsed();
+        println!("{what}, {args:?}: {took:?}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "muster: {addr} is not a muster agent's HTTP address: {why}"
+            )),
+            "{what}: {err}"
+        );
+        // Before: 10 s (until the DNS server dropped the idle connection), or for ever.
+        assert!(
+            took < Duration::from_secs(9),
+            "{what}: took {took:?} to give up"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Fault tests with a real network cut: iptables drops traffic between one agent and the
 //! others on loopback. Rules live in a chain of our own, named after this process, and are
-//! removed when the test ends (pass or fail). Needs root and iptables (`.ci/run` installs it).
+//! removed when the test ends (pass or fail). Needs root and iptables (`tests/run.sh` installs it).
 
 use muster_tests::{dns_a, wait_for, Agent, AgentSpec};
 use serde_json::json;
@@ -14,7 +14,7 @@ fn iptables(args: &[&str]) -> bool {
     Command::new("iptables")
         .args(args)
         .status()
-        .unwrap_or_else(|e| panic!("iptables must be installed (.ci/run installs it): {e}"))
+        .unwrap_or_else(|e| panic!("iptables must be installed (tests/run.sh installs it): {e}"))
         .success()
 }
 

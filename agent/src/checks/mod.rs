@@ -1,5 +1,5 @@
 //! Runs the health checks of this node's services: one runner task per active check (HTTP,
-//! TCP, script, TTL), kept in step with the local record by a supervisor, which also reaps
+//! TCP, script, TTL, process), kept in step with the local record by a supervisor, which also reaps
 //! services that stayed critical past `deregister_critical_after`.
 //!
 //! Results go through `State::update_check`, hence into the record that gossip spreads. A
@@ -7,7 +7,8 @@
 //! [`OUTPUT_UPDATE_INTERVAL`] per check, so a check whose output varies on every run (a
 //! timestamp in a body) does not re-gossip the record every interval.
 
-mod probe;
+pub mod probe;
+pub mod process;
 mod tls;
 
 use crate::agent::{Shared, Stop};
@@ -141,6 +142,9 @@ fn plan_for(kind: &CheckKind, scripts_enabled: bool) -> Option<Plan> {
 async fn run(state: Arc<State>, id: String, plan: Plan, refreshes: broadcast::Receiver<String>) {
     let (interval_ms, timeout_ms) = match &plan.kind {
         CheckKind::Ttl { ttl_ms } => return run_ttl(&state, &id, *ttl_ms, refreshes).await,
+        CheckKind::Process { pid, start_time } => {
+            return process::run(&state, &id, *pid, *start_time).await
+        }
         CheckKind::Internal => return,
         CheckKind::Script { .. } if !plan.scripts_enabled => {
             // Registered while allowed (or restored from data_dir), now disabled: say so
@@ -193,7 +197,7 @@ async fn run(state: Arc<State>, id: String, plan: Plan, refreshes: broadcast::Re
             } => probe::http(url, method, headers, *tls_skip_verify, timeout).await,
             CheckKind::Tcp { address, .. } => probe::tcp(address, timeout).await,
             CheckKind::Script { args, .. } => probe::script(args, timeout).await,
-            CheckKind::Ttl { .. } | CheckKind::Internal => return,
+            CheckKind::Ttl { .. } | CheckKind::Process { .. } | CheckKind::Internal => return,
         };
         report(&state, &id, status, output, &mut limiter).await;
     }
@@ -352,6 +356,7 @@ mod tests {
             service_id: service.into(),
             kind: CheckKind::Ttl { ttl_ms: 1000 },
             deregister_critical_after_ms: dereg_ms,
+            status_changed_ms: 0,
         }
     }
 

@@ -8,14 +8,14 @@
 //! catalog through `State`; nothing here reads or writes the catalog any other way.
 
 mod timers;
-mod transport;
+pub mod transport;
 
 use crate::agent::{Shared, Stop};
 use crate::metrics::METRICS;
 use foca::{AccumulatingRuntime, Identity, Member, OwnedNotification, PostcardCodec};
 use muster_proto::gossip::message::split_record;
 use muster_proto::gossip::{
-    swim_config, CatalogBroadcasts, Delivery, GossipKey, Item, NodeId, PushPull, SharedLedger, Swim,
+    swim_config, CatalogBroadcasts, Delivery, Item, NodeId, PushPull, SharedLedger, Swim,
 };
 use muster_proto::model::{MemberStatus, NodeRecord};
 use rand::seq::IndexedRandom;
@@ -165,13 +165,9 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     let tcp = TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind gossip TCP {bind}: {e}"))?;
-    let key = config.encrypt.as_ref().map(GossipKey::new);
-    if key.is_none() && !is_loopback(config.bind_addr) {
-        tracing::warn!(
-            %bind,
-            "gossip is bound to a non-loopback address without `encrypt`: anyone who can reach this port can read the catalog and join the cluster (create a key with `muster keygen`)"
-        );
-    }
+    // Sealing and opening read this shared keyring (keyring operations swap it); whether
+    // gossip may run without a key was decided at start-up (`keyring::check_secure`).
+    let keys = shared.keyring.keys();
     let boot = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -196,22 +192,23 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     let (outcome_tx, outcome_rx) = mpsc::channel(64);
     let (join_tx, join_rx) = mpsc::channel(64);
     let (first_join_tx, first_join) = watch::channel(config.retry_join.is_empty());
-    tokio::spawn(transport::udp_writer(udp.clone(), key.clone(), out_rx));
-    tokio::spawn(transport::udp_reader(udp.clone(), key.clone(), in_tx));
+    tokio::spawn(transport::udp_writer(udp.clone(), keys.clone(), out_rx));
+    tokio::spawn(transport::udp_reader(udp.clone(), keys.clone(), in_tx));
     tokio::spawn(serve_streams(
         tcp,
-        key.clone(),
+        keys.clone(),
+        shared.keyring.clone(),
         inbound_tx,
         shared.stop_rx(),
     ));
 
-    tracing::info!(gossip = %bind, id = ?me, encrypted = key.is_some(), "gossip running");
+    tracing::info!(gossip = %bind, id = ?me, encrypted = !keys.load().is_empty(), "gossip running");
     let mut task = Gossip {
         shared: shared.clone(),
         swim,
         ledger,
         me,
-        key,
+        keys,
         timers: TimerQueue::default(),
         out: out_tx,
         views: HashMap::new(),
@@ -235,20 +232,18 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     Ok(Started { task, first_join })
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
-}
-
-/// Accepts push-pull streams and hands each received state to the SWIM task.
+/// Accepts gossip streams: sync frames (push-pull) go to the SWIM task, keyring frames to
+/// the keyring. Admission, size, time and buffer bounds are the transport's.
 async fn serve_streams(
     listener: TcpListener,
-    key: Option<GossipKey>,
+    keys: transport::Keys,
+    keyring: crate::keyring::KeyringHandle,
     inbound: mpsc::Sender<Inbound>,
     mut stop: tokio::sync::watch::Receiver<Stop>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+    let admission = transport::Admission::default();
     loop {
-        let (mut stream, from) = tokio::select! {
+        let (stream, from) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -259,34 +254,36 @@ async fn serve_streams(
             },
             _ = stop.changed() => return,
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let Some(permit) = admission.admit(&stream, from) else {
+            continue;
         };
-        let key = key.clone();
+        let keys = keys.clone();
+        let keyring = keyring.clone();
         let inbound = inbound.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let run = async {
-                let bytes = transport::read_frame(&mut stream, key.as_ref()).await?;
-                let state = PushPull::decode(&bytes).map_err(|e| {
-                    METRICS.gossip_malformed.fetch_add(1, Relaxed);
-                    std::io::Error::other(e.to_string())
-                })?;
-                let (reply, rx) = oneshot::channel();
-                inbound
-                    .send(Inbound { state, reply })
-                    .await
-                    .map_err(|_| std::io::Error::other("gossip stopped"))?;
-                let ours = rx
-                    .await
-                    .map_err(|_| std::io::Error::other("gossip stopped"))?;
-                transport::write_frame(&mut stream, key.as_ref(), &ours).await
-            };
-            match tokio::time::timeout(transport::EXCHANGE_TIMEOUT, run).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%from, error = %e, "push-pull refused"),
-                Err(_) => tracing::debug!(%from, "push-pull timed out"),
-            }
+            transport::serve_stream(stream, from, keys, |frame| async move {
+                match frame.kind {
+                    transport::FrameKind::Keyring => Ok((
+                        transport::FrameKind::Keyring,
+                        crate::keyring::serve(&keyring, &frame).await,
+                    )),
+                    transport::FrameKind::Sync => {
+                        let state = PushPull::decode(&frame.body).map_err(|e| {
+                            METRICS.gossip_malformed.fetch_add(1, Relaxed);
+                            e.to_string()
+                        })?;
+                        let (reply, rx) = oneshot::channel();
+                        inbound
+                            .send(Inbound { state, reply })
+                            .await
+                            .map_err(|_| "gossip stopped".to_string())?;
+                        let ours = rx.await.map_err(|_| "gossip stopped".to_string())?;
+                        Ok((transport::FrameKind::Sync, ours))
+                    }
+                }
+            })
+            .await;
         });
     }
 }
@@ -296,7 +293,7 @@ struct Gossip {
     swim: Swim<rand10::rngs::StdRng>,
     ledger: SharedLedger,
     me: NodeId,
-    key: Option<GossipKey>,
+    keys: transport::Keys,
     timers: TimerQueue,
     out: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     views: HashMap<String, View>,
@@ -661,10 +658,10 @@ impl Gossip {
         retry: bool,
     ) {
         let ours = self.full_state(join);
-        let key = self.key.clone();
+        let keys = self.keys.clone();
         let tx = self.outcome_tx.clone();
         tokio::spawn(async move {
-            let result = match transport::exchange(to, key, ours).await {
+            let result = match transport::exchange(to, keys, ours).await {
                 Ok(bytes) => PushPull::decode(&bytes).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };

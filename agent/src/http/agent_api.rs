@@ -1,6 +1,7 @@
 //! `/v1/agent/*`: this agent's own services, checks and membership view.
 
 use super::{ApiError, ApiResult, Call, Reply};
+use crate::checks::process;
 use crate::config::ServiceDefinition;
 use crate::state::Source;
 use hyper::{Method, StatusCode};
@@ -189,7 +190,8 @@ fn service(call: &Call, id: &str) -> ApiResult {
 
 async fn register(call: &Call) -> ApiResult {
     let body = call.json_body("a service definition")?;
-    let reg = consul::parse_registration(&body)?;
+    let mut reg = consul::parse_registration(&body)?;
+    consul::bind_processes(&mut reg, process::observe_watchable)?;
     refuse_scripts(call, reg.checks.iter().map(|c| &c.kind))?;
     let replace = call.flag("replace-existing-checks");
     call.shared
@@ -238,7 +240,8 @@ fn checks(call: &Call) -> ApiResult {
 
 async fn register_check(call: &Call) -> ApiResult {
     let body = call.json_body("a check definition")?;
-    let check = consul::parse_check(&body, "body", "", "")?;
+    let mut check = consul::parse_check(&body, "body", "", "")?;
+    consul::bind_process(&mut check, "body", process::observe_watchable)?;
     if check.name.is_empty() {
         return Err(ApiError::BadRequest(
             "Invalid Name: missing check name".into(),

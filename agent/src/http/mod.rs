@@ -1,13 +1,18 @@
 //! The HTTP API listener (SPEC §4): hyper connections, routing, and what every endpoint
 //! shares — body limits, the write token, Consul's headers, blocking queries.
 //!
-//! Handlers live in `agent_api` (this agent's own services and checks) and `catalog_api`
-//! (cluster-wide reads). Each returns a [`Reply`]; turning replies and errors into HTTP is
-//! done here once, so every endpoint speaks the same status codes.
+//! Handlers live in `agent_api` (this agent's own services and checks), `catalog_api`
+//! (cluster-wide reads) and `ui_api` (the status page's views; its files are in `ui`).
+//! Each returns a [`Reply`]; turning replies and errors into HTTP is done here once, so
+//! every endpoint speaks the same status codes.
 
 mod agent_api;
+mod auth;
 mod cache;
 mod catalog_api;
+mod operator_api;
+mod ui;
+mod ui_api;
 
 use crate::agent::{Shared, Stop};
 use bytes::Bytes;
@@ -98,8 +103,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {0} not allowed")]
     MethodNotAllowed(Method),
-    #[error("Permission denied: token with insufficient privileges")]
-    Forbidden,
+    #[error("Permission denied: {0}")]
+    Forbidden(String),
     #[error("request body larger than {MAX_BODY} bytes")]
     TooLarge,
     #[error("{0}")]
@@ -112,7 +117,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -428,16 +433,6 @@ fn token_of(req: &Request<Incoming>, query: &HashMap<String, Vec<String>>) -> Op
     query.get("token").and_then(|v| v.first()).cloned()
 }
 
-/// Compares two tokens in time independent of where they differ.
-fn token_matches(given: &str, want: &str) -> bool {
-    let (a, b) = (given.as_bytes(), want.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
-}
-
 async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(ApiError::TooLarge);
@@ -459,6 +454,9 @@ async fn read_body(body: Incoming, declared: Option<u64>) -> Result<Bytes, ApiEr
 }
 
 async fn handle(req: Request<Incoming>, shared: Shared) -> Response<Body> {
+    if let Some(page) = ui::serve(&req) {
+        return page;
+    }
     let route = route_template(req.uri().path());
     let result = prepare_and_route(req, shared.clone()).await;
     let reply = match result {
@@ -509,13 +507,12 @@ async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult 
         .collect::<Result<Vec<_>, _>>()?;
     let method = req.method().clone();
     let is_write = matches!(method, Method::PUT | Method::POST | Method::DELETE);
-    if is_write {
-        if let Some(want) = &shared.config.load().http.token {
-            let ok = token_of(&req, &query).is_some_and(|t| token_matches(&t, want));
-            if !ok {
-                return Err(ApiError::Forbidden);
-            }
-        }
+    let grant = auth::grant(&shared.config.load(), token_of(&req, &query).as_deref());
+    if is_write && grant == muster_proto::acl::Grant::Anonymous {
+        // Refused before the body is read.
+        return Err(ApiError::Forbidden(
+            "a token is required for writes (X-Consul-Token or Authorization: Bearer)".into(),
+        ));
     }
     let declared = req
         .headers()
@@ -534,6 +531,7 @@ async fn prepare_and_route(req: Request<Incoming>, shared: Shared) -> ApiResult 
         body,
         shared,
     };
+    auth::authorize(&call, &grant)?;
     route(call).await
 }
 
@@ -542,6 +540,8 @@ async fn route(call: Call) -> ApiResult {
     match segs.as_slice() {
         ["agent", ..] => agent_api::route(&call).await,
         ["catalog", ..] | ["health", ..] | ["status", ..] => catalog_api::route(&call).await,
+        ["internal", "ui", ..] => ui_api::route(&call).await,
+        ["operator", ..] => operator_api::route(&call).await,
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint /v1/{}",
             call.segments.join("/")
@@ -586,6 +586,10 @@ const ROUTE_TEMPLATES: &[&str] = &[
     "/v1/health/state/:state",
     "/v1/status/leader",
     "/v1/status/peers",
+    "/v1/internal/ui/services",
+    "/v1/internal/ui/service/:service",
+    "/v1/internal/ui/nodes",
+    "/v1/operator/keyring",
 ];
 
 /// The template of `path` from [`ROUTE_TEMPLATES`] (first match wins, so fixed segments

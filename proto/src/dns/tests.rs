@@ -35,6 +35,7 @@ fn check(id: &str, service_id: &str, status: HealthStatus) -> Check {
         service_id: service_id.into(),
         kind: CheckKind::Ttl { ttl_ms: 10_000 },
         deregister_critical_after_ms: 0,
+        status_changed_ms: 0,
     }
 }
 

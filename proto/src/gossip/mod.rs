@@ -15,6 +15,7 @@ pub mod data;
 pub mod digest;
 pub mod envelope;
 pub mod health;
+pub mod frame;
 pub mod identity;
 pub mod intern;
 pub mod node;
