@@ -288,7 +288,7 @@ impl Metrics {
         for node in snap.nodes() {
             *members.entry(node.status.as_str()).or_insert(0) += 1;
             if node.status.is_up() {
-                instances += node.record.services.len() as u64;
+                instances += node.record.services.size() as u64;
             }
             for c in node.record.checks.values() {
                 *checks.entry(c.status.as_str()).or_insert(0) += 1;

@@ -2,10 +2,15 @@
 //!
 //! One JSON file per service (with its checks and their last status) under
 //! `services/`, one per node-level check under `checks/`. File names are the SHA-256 of
-//! the id, so any id maps to a safe, fixed-length name. Every write goes to a temporary
-//! file that is fsynced, renamed over the old one, and the directory fsynced, so a crash at
-//! any moment leaves either the old or the new record, never a torn one. A record that
-//! cannot be read at start is moved into `quarantine/` and start-up goes on.
+//! the id, so any id maps to a safe, fixed-length name. A record that cannot be read at
+//! start is moved into `quarantine/` and start-up goes on.
+//!
+//! Writes come in batches ([`Store::commit`]: everything concurrent registrations changed
+//! while the previous batch was being written) and share one flush to disk — a group
+//! commit. Each file is written to a temporary name, then one `syncfs` makes every temporary
+//! file durable, then each is renamed over its old one, and each directory is fsynced once.
+//! A crash at any moment leaves each record old or new, never torn, and nothing of a batch
+//! was acknowledged before the last fsync returned.
 
 use muster_proto::model::{Check, Service};
 use serde::{Deserialize, Serialize};
@@ -18,6 +23,14 @@ const FORMAT_VERSION: u32 = 1;
 /// The largest record file read at start: a node's whole record may be 512 KiB encoded,
 /// so a bigger file was not written by this agent.
 const MAX_FILE: u64 = 1024 * 1024;
+
+/// One file a batch of local changes writes or removes.
+pub enum FileJob {
+    SaveService(StoredService),
+    RemoveService(String),
+    SaveCheck(Check),
+    RemoveCheck(String),
+}
 
 /// A service as stored on disk, with the checks that belong to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,26 +101,78 @@ impl Store {
         name
     }
 
-    pub fn save_service(&self, stored: &StoredService) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(stored).map_err(io::Error::other)?;
-        write_atomic(&self.services, &Self::file_name(&stored.service.id), &bytes)
-    }
-
-    pub fn remove_service(&self, id: &str) -> io::Result<()> {
-        remove_durably(&self.services, &Self::file_name(id))
-    }
-
-    pub fn save_check(&self, check: &Check) -> io::Result<()> {
-        let stored = StoredCheck {
-            format: FORMAT_VERSION,
-            check: check.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
-        write_atomic(&self.checks, &Self::file_name(&check.id), &bytes)
-    }
-
-    pub fn remove_check(&self, id: &str) -> io::Result<()> {
-        remove_durably(&self.checks, &Self::file_name(id))
+    /// Carries out a batch of writes and removals with one flush to disk for all of them
+    /// (see the module comment). Blocking: call it off the async threads.
+    pub fn commit(&self, jobs: Vec<FileJob>) -> io::Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut renames: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut removes: Vec<PathBuf> = Vec::new();
+        let mut dirs: Vec<&Path> = Vec::new();
+        for job in jobs {
+            let (dir, name, bytes) = match job {
+                FileJob::SaveService(stored) => {
+                    let bytes = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
+                    (
+                        &self.services,
+                        Self::file_name(&stored.service.id),
+                        Some(bytes),
+                    )
+                }
+                FileJob::RemoveService(id) => (&self.services, Self::file_name(&id), None),
+                FileJob::SaveCheck(check) => {
+                    let stored = StoredCheck {
+                        format: FORMAT_VERSION,
+                        check,
+                    };
+                    let bytes = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
+                    (&self.checks, Self::file_name(&stored.check.id), Some(bytes))
+                }
+                FileJob::RemoveCheck(id) => (&self.checks, Self::file_name(&id), None),
+            };
+            if !dirs.contains(&dir.as_path()) {
+                dirs.push(dir);
+            }
+            match bytes {
+                Some(bytes) => {
+                    let tmp = dir.join(format!(".tmp-{name}"));
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&tmp)?;
+                    f.write_all(&bytes)?;
+                    // A later job of the same batch for the same file wins.
+                    renames.retain(|(_, to)| *to != dir.join(&name));
+                    removes.retain(|p| *p != dir.join(&name));
+                    renames.push((tmp, dir.join(&name)));
+                }
+                None => {
+                    renames.retain(|(_, to)| *to != dir.join(&name));
+                    removes.push(dir.join(&name));
+                }
+            }
+        }
+        // One flush makes every temporary file's content durable.
+        if !renames.is_empty() {
+            let dir = File::open(&self.services)?;
+            rustix::fs::syncfs(&dir).map_err(io::Error::from)?;
+        }
+        for (tmp, to) in &renames {
+            fs::rename(tmp, to)?;
+        }
+        for p in &removes {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in dirs {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Reads every stored record. Unreadable ones are moved to `quarantine/` and reported;
@@ -230,7 +295,12 @@ fn valid_check(c: &Check, service_id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `bytes` as `dir/name` so that a crash leaves the old or the new content whole.
+/// Writes `bytes` as `dir/name` so that a crash leaves the old or the new content whole
+/// (temporary file, fsync, rename, directory fsync).
+pub fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic(dir, name, bytes)
+}
+
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".tmp-{name}"));
     {
@@ -244,14 +314,6 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
-}
-
-fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
-    match fs::remove_file(dir.join(name)) {
-        Ok(()) => File::open(dir)?.sync_all(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
@@ -284,15 +346,27 @@ mod tests {
         let d = tmpdir("rt");
         let store = Store::open(&d).unwrap();
         store
-            .save_service(&StoredService::new(svc("..\\b ?*"), vec![], None))
+            .commit(vec![FileJob::SaveService(StoredService::new(
+                svc("..\\b ?*"),
+                vec![],
+                None,
+            ))])
             .unwrap();
         store
-            .save_service(&StoredService::new(svc("x"), vec![], Some("m".into())))
+            .commit(vec![FileJob::SaveService(StoredService::new(
+                svc("x"),
+                vec![],
+                Some("m".into()),
+            ))])
             .unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.services.len(), 2);
-        store.remove_service("x").unwrap();
-        store.remove_service("never").unwrap();
+        store
+            .commit(vec![FileJob::RemoveService("x".into())])
+            .unwrap();
+        store
+            .commit(vec![FileJob::RemoveService("never".into())])
+            .unwrap();
         assert_eq!(store.load().unwrap().services.len(), 1);
         fs::remove_dir_all(&d).unwrap();
     }
@@ -322,7 +396,11 @@ mod tests {
         let d = tmpdir("corrupt");
         let store = Store::open(&d).unwrap();
         store
-            .save_service(&StoredService::new(svc("good"), vec![], None))
+            .commit(vec![FileJob::SaveService(StoredService::new(
+                svc("good"),
+                vec![],
+                None,
+            ))])
             .unwrap();
         fs::write(d.join("services/bad.json"), b"{not json").unwrap();
         // Well-formed JSON the API would refuse (a service name with a space), and a file

@@ -1,20 +1,21 @@
-//! The catalog: every node's record as this agent knows it, plus the indexes that drive
-//! blocking queries.
+//! The catalog: every node's services and checks as this agent knows them, each node's
+//! standing, and the indexes that drive blocking queries.
 //!
-//! Merge rule: each node authors its own [`NodeRecord`]; a copy with a higher `version`
-//! replaces a lower one, whole. There is no field-level merge, so two agents that have seen
-//! the same versions hold the same catalog whatever order the updates arrived in.
+//! It is built from changes, one entry at a time (a service, a check, a node's facts), as the
+//! gossip node reports them, and from member verdicts; applying a change costs about the size
+//! of the change, never the size of the catalog. Everything is held in persistent maps, so a
+//! [`Snapshot`] is a copy of a few pointers and keeps sharing all it did not change with the
+//! catalog after it.
 //!
-//! Index rule: the catalog keeps one counter that rises on every applied change, and stamps
-//! it on what changed: the node, each service instance, each check, and each service *name*
-//! (so a watcher of `web` is not woken by a change to `db`). Indexes never go backwards.
+//! Index rule: one counter rises with every applied batch of changes, and is stamped on what
+//! changed: the node, each service instance, each check, and each service *name* (so a watcher
+//! of `web` is not woken by a change to `db`). Indexes never go backwards.
 //!
-//! The catalog is a value: the agent's single writer mutates it and publishes an immutable
-//! [`Snapshot`] after each change; readers never wait on the writer.
+//! The catalog is a value: one owner mutates it and publishes snapshots; readers never wait.
 
-use crate::model::{Check, HealthStatus, MemberStatus, NodeRecord, Service};
-use crate::protect::Protect;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::gossip::{Change, EntryKey, Value};
+use crate::model::{Check, HealthStatus, Map, MemberStatus, NodeRecord, Service};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,27 +26,50 @@ pub struct Indexes {
     pub modify: u64,
 }
 
-/// One node as the catalog holds it: its record, its membership state and the indexes.
+/// One node as the catalog holds it: its record, its standing and the indexes.
 #[derive(Clone, Debug)]
 pub struct NodeEntry {
     pub record: NodeRecord,
     pub status: MemberStatus,
+    /// A member (SWIM told us of it). A node known only from state pushed ahead of its
+    /// membership is held but not shown.
+    pub listed: bool,
+    /// Whether its instances belong in answers (up, or held by protect mode).
+    pub served: bool,
+    /// Answers that include it are flagged stale (held by protect mode, or back after a
+    /// failure and not yet reconciled).
+    pub stale: bool,
     /// The gossip address of the member, when known (shown by `/v1/agent/members`).
     pub gossip_addr: Option<SocketAddr>,
-    /// When `status` last changed, in the caller's clock (milliseconds); used for reaping.
+    /// When `status` last changed, in the caller's clock (milliseconds).
     pub status_since_ms: u64,
     pub indexes: Indexes,
-    pub service_indexes: BTreeMap<String, Indexes>,
-    pub check_indexes: BTreeMap<String, Indexes>,
-    /// Declared failed but held in protect mode: its last known instances are still served,
-    /// marked stale (see `protect`).
-    pub stale: bool,
+    service_indexes: Map<String, Indexes>,
+    check_indexes: Map<String, Indexes>,
 }
 
 impl NodeEntry {
-    /// Whether this node's services belong in answers: it is up, or held in protect mode.
+    fn new(record: NodeRecord, index: u64, now_ms: u64) -> NodeEntry {
+        NodeEntry {
+            record,
+            status: MemberStatus::Alive,
+            listed: false,
+            served: false,
+            stale: false,
+            gossip_addr: None,
+            status_since_ms: now_ms,
+            indexes: Indexes {
+                create: index,
+                modify: index,
+            },
+            service_indexes: Map::new_sync(),
+            check_indexes: Map::new_sync(),
+        }
+    }
+
+    /// Whether this node's services belong in answers.
     pub fn serving(&self) -> bool {
-        self.status.is_up() || self.stale
+        self.listed && self.served
     }
 
     pub fn service_indexes(&self, service_id: &str) -> Indexes {
@@ -76,9 +100,19 @@ impl NodeEntry {
     }
 }
 
-/// What changed when a record or a status was applied.
+/// The instances of one service name (any case), with what `/v1/catalog/services` shows.
+#[derive(Clone, Debug, Default)]
+struct NameEntry {
+    index: u64,
+    /// (node, service id) of every instance, served or not, in node order.
+    instances: Map<(String, String), ()>,
+    /// Instances on serving nodes, by exact name: how many, and how many carry each tag.
+    serving: BTreeMap<String, (usize, BTreeMap<String, usize>)>,
+}
+
+/// What changed when something was applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Change {
+pub struct Outcome {
     /// The catalog index after the change (unchanged when nothing changed).
     pub index: u64,
     pub changed: bool,
@@ -93,48 +127,84 @@ pub enum ApplyError {
         offered: u64,
         held: u64,
     },
-    #[error("unknown node {0}")]
-    UnknownNode(String),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown node {0}")]
+pub struct UnknownNode(pub String);
+
+/// A member's standing, as the catalog takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub status: MemberStatus,
+    pub served: bool,
+    pub stale: bool,
+    pub gossip_addr: Option<SocketAddr>,
+}
+
+impl Standing {
+    pub fn alive() -> Standing {
+        Standing {
+            status: MemberStatus::Alive,
+            served: true,
+            stale: false,
+            gossip_addr: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
 pub struct Catalog {
-    nodes: BTreeMap<String, Arc<NodeEntry>>,
+    nodes: Map<String, Arc<NodeEntry>>,
+    names: Map<String, Arc<NameEntry>>,
     index: u64,
-    /// Last index at which anything about instances of this service name (lowercase) changed.
-    /// Only names with instances are kept, so the map cannot grow with every name ever seen.
-    name_indexes: HashMap<String, u64>,
-    /// Instances per service name (lowercase): tells when a name has none left.
-    name_counts: HashMap<String, usize>,
-    /// The index at which a name was last forgotten; the index of every name not in
-    /// `name_indexes`, so that forgetting a name never sends its index backwards.
+    /// The index at which a name was last forgotten; the index of every name not held, so
+    /// that forgetting a name never sends its index backwards.
     pruned_floor: u64,
     /// Last index at which the set of nodes (or their addresses/status/meta) changed.
     nodes_index: u64,
     /// Last index at which the set of service names or their tags changed.
     services_index: u64,
-    /// This agent's own node: never counted as a peer, never held.
-    local: Option<String>,
-    protect: Protect,
+    /// The datacenter of nodes known before their node info arrives.
+    datacenter: String,
+    protect_since_ms: Option<u64>,
+    stale_nodes: usize,
+    stale_since_ms: Option<u64>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::new()
+    }
+}
+
+fn lower(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 impl Catalog {
     pub fn new() -> Self {
         Catalog {
+            nodes: Map::new_sync(),
+            names: Map::new_sync(),
             index: 1,
+            pruned_floor: 0,
             nodes_index: 1,
             services_index: 1,
-            ..Default::default()
+            datacenter: "dc1".into(),
+            protect_since_ms: None,
+            stale_nodes: 0,
+            stale_since_ms: None,
         }
+    }
+
+    /// The datacenter shown for members whose node info has not arrived yet.
+    pub fn set_datacenter(&mut self, dc: &str) {
+        self.datacenter = dc.to_string();
     }
 
     pub fn index(&self) -> u64 {
         self.index
-    }
-
-    /// Names this agent's own node, so protect mode counts only peers.
-    pub fn set_local(&mut self, name: &str) {
-        self.local = Some(name.to_string());
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<NodeEntry>> {
@@ -150,343 +220,476 @@ impl Catalog {
         self.index
     }
 
-    /// Applies a node's record. A record whose version is not above the held one is refused
-    /// (`Stale`), so replays and out-of-order deliveries are harmless. `status` is the
-    /// membership state to hold the node in; `now_ms` stamps a status change.
+    /// Counts an instance in (or out of) its name's entry.
+    fn count_instance(&mut self, node: &str, svc: &Service, serving: bool, add: bool) {
+        let key = lower(&svc.name);
+        let mut e = self
+            .names
+            .get(&key)
+            .map(|e| NameEntry::clone(e))
+            .unwrap_or_default();
+        let inst = (node.to_string(), svc.id.clone());
+        if add {
+            e.instances.insert_mut(inst, ());
+        } else {
+            e.instances.remove_mut(&inst);
+        }
+        if serving {
+            let slot = e.serving.entry(svc.name.clone()).or_default();
+            if add {
+                slot.0 += 1;
+                for t in &svc.tags {
+                    *slot.1.entry(t.clone()).or_default() += 1;
+                }
+            } else {
+                slot.0 = slot.0.saturating_sub(1);
+                for t in &svc.tags {
+                    if let Some(n) = slot.1.get_mut(t) {
+                        *n -= 1;
+                        if *n == 0 {
+                            slot.1.remove(t);
+                        }
+                    }
+                }
+                if slot.0 == 0 {
+                    e.serving.remove(&svc.name);
+                }
+            }
+        }
+        if e.instances.is_empty() {
+            self.names.remove_mut(&key);
+        } else {
+            self.names.insert_mut(key, Arc::new(e));
+        }
+    }
+
+    /// Stamps `index` on each name; a name with no instances left raises the floor that all
+    /// unknown names answer with instead.
+    fn stamp_names(&mut self, names: impl IntoIterator<Item = String>, index: u64) {
+        for name in names {
+            match self.names.get(&name) {
+                Some(e) => {
+                    let mut e = NameEntry::clone(e);
+                    e.index = index;
+                    self.names.insert_mut(name, Arc::new(e));
+                }
+                None => self.pruned_floor = index,
+            }
+        }
+    }
+
+    /// Applies changes to a node's entries (its services, checks and node facts), as the
+    /// gossip node reports them, or as this agent authors them for itself. Costs about the
+    /// size of the changes. Returns whether anything changed.
+    pub fn apply_changes(&mut self, node: &str, changes: &[Change], now_ms: u64) -> Outcome {
+        let index = self.index + 1;
+        let mut entry = match self.nodes.get(node) {
+            Some(e) => NodeEntry::clone(e),
+            None => NodeEntry::new(
+                NodeRecord::new(node, self.datacenter.clone(), [0, 0, 0, 0].into()),
+                index,
+                now_ms,
+            ),
+        };
+        let serving = entry.serving();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut changed = false;
+        let mut node_changed = false;
+        let mut services_changed = false;
+        let mut touch_all = false;
+        for (key, value) in changes {
+            match (key, value) {
+                (EntryKey::Node, Some(Value::Node(info))) => {
+                    let r = &mut entry.record;
+                    if r.datacenter != info.datacenter
+                        || r.address != info.address
+                        || r.meta != info.meta
+                    {
+                        r.datacenter = info.datacenter.clone();
+                        r.address = info.address;
+                        r.meta = info.meta.clone();
+                        node_changed = true;
+                        touch_all = true;
+                    }
+                }
+                (EntryKey::Service(id), value) => {
+                    let new = match value {
+                        Some(Value::Service(s)) => Some(s.clone()),
+                        _ => None,
+                    };
+                    let old = entry.record.services.get(id.as_str()).cloned();
+                    if old == new {
+                        continue;
+                    }
+                    changed = true;
+                    if let Some(o) = &old {
+                        self.count_instance(node, o, serving, false);
+                        touched.insert(lower(&o.name));
+                    }
+                    match &new {
+                        Some(n) => {
+                            self.count_instance(node, n, serving, true);
+                            touched.insert(lower(&n.name));
+                            let create = old
+                                .as_ref()
+                                .map_or(index, |_| entry.service_indexes(id).create);
+                            entry.service_indexes.insert_mut(
+                                id.to_string(),
+                                Indexes {
+                                    create,
+                                    modify: index,
+                                },
+                            );
+                            entry.record.put_service(n.clone());
+                        }
+                        None => {
+                            entry.service_indexes.remove_mut(id.as_str());
+                            entry.record.remove_service(id);
+                        }
+                    }
+                    let shown = |s: &Option<Arc<Service>>| {
+                        s.as_ref().map(|s| (s.name.clone(), s.tags.clone()))
+                    };
+                    if shown(&old) != shown(&new) {
+                        services_changed = true;
+                    }
+                }
+                (EntryKey::Check(id), value) => {
+                    let new = match value {
+                        Some(Value::Check(c)) => Some(c.clone()),
+                        _ => None,
+                    };
+                    let old = entry.record.checks.get(id.as_str()).cloned();
+                    if old == new {
+                        continue;
+                    }
+                    changed = true;
+                    for c in old.iter().chain(new.iter()) {
+                        if c.service_id.is_empty() {
+                            touch_all = true;
+                        } else if let Some(s) = entry.record.services.get(&c.service_id).cloned() {
+                            touched.insert(lower(&s.name));
+                            let ix = entry.service_indexes(&c.service_id);
+                            entry.service_indexes.insert_mut(
+                                c.service_id.clone(),
+                                Indexes {
+                                    create: ix.create,
+                                    modify: index,
+                                },
+                            );
+                        }
+                    }
+                    match &new {
+                        Some(n) => {
+                            let create = old
+                                .as_ref()
+                                .map_or(index, |_| entry.check_indexes(id).create);
+                            entry.check_indexes.insert_mut(
+                                id.to_string(),
+                                Indexes {
+                                    create,
+                                    modify: index,
+                                },
+                            );
+                            entry.record.put_check(n.clone());
+                        }
+                        None => {
+                            entry.check_indexes.remove_mut(id.as_str());
+                            entry.record.remove_check(id);
+                        }
+                    }
+                }
+                // A leave marker shows through the member's standing, not its entries.
+                _ => {}
+            }
+        }
+        if !changed && !node_changed {
+            return Outcome {
+                index: self.index,
+                changed: false,
+            };
+        }
+        self.index = index;
+        entry.indexes.modify = index;
+        entry.record.version += 1;
+        if touch_all {
+            // Node facts and node-level checks show in every instance of the node.
+            for (id, svc) in entry.record.services.iter() {
+                touched.insert(lower(&svc.name));
+                let ix = entry.service_indexes(id);
+                entry.service_indexes.insert_mut(
+                    id.clone(),
+                    Indexes {
+                        create: ix.create,
+                        modify: index,
+                    },
+                );
+            }
+        }
+        if node_changed && entry.listed {
+            self.nodes_index = index;
+        }
+        if services_changed && serving {
+            self.services_index = index;
+        }
+        self.stamp_names(touched, index);
+        self.nodes.insert_mut(node.to_string(), Arc::new(entry));
+        Outcome {
+            index,
+            changed: true,
+        }
+    }
+
+    /// Sets a member's standing (status, whether it is served and flagged). A member not
+    /// known yet is listed at once, with no services until its state arrives. Every instance
+    /// on the node changes visibility when `served` changes, so every one of its names is
+    /// touched.
+    pub fn set_standing(&mut self, node: &str, s: Standing, now_ms: u64) -> Outcome {
+        let index = self.index + 1;
+        let mut entry = match self.nodes.get(node) {
+            Some(e) => NodeEntry::clone(e),
+            None => NodeEntry::new(
+                NodeRecord::new(node, self.datacenter.clone(), [0, 0, 0, 0].into()),
+                index,
+                now_ms,
+            ),
+        };
+        if entry.listed
+            && entry.status == s.status
+            && entry.served == s.served
+            && entry.stale == s.stale
+            && (s.gossip_addr.is_none() || entry.gossip_addr == s.gossip_addr)
+        {
+            return Outcome {
+                index: self.index,
+                changed: false,
+            };
+        }
+        self.index = index;
+        let was_serving = entry.serving();
+        let was_listed = entry.listed;
+        if entry.stale != s.stale {
+            if s.stale {
+                self.stale_nodes += 1;
+                if self.stale_nodes == 1 {
+                    self.stale_since_ms = Some(now_ms);
+                }
+            } else {
+                self.stale_nodes = self.stale_nodes.saturating_sub(1);
+                if self.stale_nodes == 0 {
+                    self.stale_since_ms = None;
+                }
+            }
+        }
+        if !entry.listed || entry.status != s.status {
+            entry.status_since_ms = now_ms;
+        }
+        entry.listed = true;
+        entry.status = s.status;
+        entry.served = s.served;
+        entry.stale = s.stale;
+        if s.gossip_addr.is_some() {
+            entry.gossip_addr = s.gossip_addr;
+        }
+        entry.indexes.modify = index;
+        let now_serving = entry.serving();
+        let services: Vec<Arc<Service>> = entry.record.services.values().cloned().collect();
+        if was_serving != now_serving {
+            for svc in &services {
+                self.count_instance(node, svc, was_serving, false);
+                self.count_instance(node, svc, now_serving, true);
+            }
+            if !services.is_empty() {
+                self.services_index = index;
+            }
+        }
+        // Status and flags show in every instance's health and in the member list (a node
+        // listed just now shows its instances as they were created).
+        for svc in services.iter().filter(|_| was_listed) {
+            let ix = entry.service_indexes(&svc.id);
+            entry.service_indexes.insert_mut(
+                svc.id.clone(),
+                Indexes {
+                    create: ix.create,
+                    modify: index,
+                },
+            );
+        }
+        self.stamp_names(services.iter().map(|s| lower(&s.name)), index);
+        self.nodes_index = index;
+        self.nodes.insert_mut(node.to_string(), Arc::new(entry));
+        Outcome {
+            index,
+            changed: true,
+        }
+    }
+
+    /// Sets a known node's status, served when up (a shorthand of [`Catalog::set_standing`]).
+    pub fn set_status(
+        &mut self,
+        node: &str,
+        status: MemberStatus,
+        now_ms: u64,
+    ) -> Result<Outcome, UnknownNode> {
+        if !self.nodes.contains_key(node) {
+            return Err(UnknownNode(node.to_string()));
+        }
+        let addr = self.nodes.get(node).and_then(|n| n.gossip_addr);
+        Ok(self.set_standing(
+            node,
+            Standing {
+                status,
+                served: status.is_up(),
+                stale: false,
+                gossip_addr: addr,
+            },
+            now_ms,
+        ))
+    }
+
+    /// Protect mode began (with when) or ended.
+    pub fn set_protect(&mut self, since_ms: Option<u64>) -> Outcome {
+        if self.protect_since_ms == since_ms {
+            return Outcome {
+                index: self.index,
+                changed: false,
+            };
+        }
+        self.protect_since_ms = since_ms;
+        let index = self.bump();
+        self.nodes_index = index;
+        Outcome {
+            index,
+            changed: true,
+        }
+    }
+
+    /// Forgets a node entirely (reaped after `reconnect_timeout`, or force-left and pruned).
+    pub fn remove_node(&mut self, node: &str) -> Outcome {
+        let Some(entry) = self.nodes.get(node).cloned() else {
+            return Outcome {
+                index: self.index,
+                changed: false,
+            };
+        };
+        let index = self.bump();
+        self.nodes.remove_mut(node);
+        if entry.stale {
+            self.stale_nodes = self.stale_nodes.saturating_sub(1);
+            if self.stale_nodes == 0 {
+                self.stale_since_ms = None;
+            }
+        }
+        let serving = entry.serving();
+        let mut names = Vec::new();
+        for svc in entry.record.services.values() {
+            self.count_instance(node, svc, serving, false);
+            names.push(lower(&svc.name));
+        }
+        self.stamp_names(names, index);
+        self.nodes_index = index;
+        self.services_index = index;
+        Outcome {
+            index,
+            changed: true,
+        }
+    }
+
+    /// Replaces a node's whole record (tests and tools): the difference is applied as
+    /// changes, refused if `record.version` is not above the one held.
     pub fn apply_record(
         &mut self,
         record: NodeRecord,
         status: MemberStatus,
         gossip_addr: Option<SocketAddr>,
         now_ms: u64,
-    ) -> Result<Change, ApplyError> {
-        let old = self.nodes.get(&record.name).cloned();
-        if let Some(old) = &old {
-            if record.version <= old.record.version {
-                return Err(ApplyError::Stale {
-                    node: record.name,
-                    offered: record.version,
-                    held: old.record.version,
-                });
-            }
-        }
-        let index = self.bump();
-        let old_node = old.as_deref();
-        // How the node itself changed; a new node counts as changed in every way.
-        let (node_indexes, node_changed, status_changed, status_since_ms, node_checks_changed) =
-            match old_node {
-                None => (
-                    Indexes {
-                        create: index,
-                        modify: index,
-                    },
-                    true,
-                    true,
-                    now_ms,
-                    true,
-                ),
-                Some(old) => {
-                    let status_changed = old.status != status;
-                    let node_changed = old.record.address != record.address
-                        || old.record.meta != record.meta
-                        || old.record.datacenter != record.datacenter
-                        || status_changed;
-                    let node_checks_changed = old
-                        .record
-                        .checks
-                        .values()
-                        .filter(|c| c.service_id.is_empty())
-                        .ne(record.checks.values().filter(|c| c.service_id.is_empty()));
-                    (
-                        Indexes {
-                            create: old.indexes.create,
-                            modify: index,
-                        },
-                        node_changed,
-                        status_changed,
-                        if status_changed {
-                            now_ms
-                        } else {
-                            old.status_since_ms
-                        },
-                        node_checks_changed,
-                    )
-                }
-            };
-        // Any change to the node or its node-level checks touches every instance on it.
-        let touch_all = node_changed || node_checks_changed;
-        let mut touched_names: BTreeSet<String> = BTreeSet::new();
-        let mut services_changed = false;
-        let mut service_indexes = BTreeMap::new();
-        let mut check_indexes = BTreeMap::new();
-        // One pass per service: did it (or its checks) change, and what are its indexes.
-        for (id, svc) in &record.services {
-            let prev = old_node.and_then(|o| {
-                o.record
-                    .services
-                    .get(id)
-                    .map(|p| (p, o.service_indexes(id)))
+    ) -> Result<Outcome, ApplyError> {
+        let held = self.nodes.get(&record.name).map(|e| e.record.version);
+        if let Some(held) = held.filter(|h| record.version <= *h && *h > 0) {
+            return Err(ApplyError::Stale {
+                node: record.name,
+                offered: record.version,
+                held,
             });
-            let unchanged = prev.is_some_and(|(p, _)| p == svc)
-                && old_node.is_some_and(|o| checks_equal(&o.record, &record, id));
-            if prev.map(|(p, _)| (&p.name, &p.tags)) != Some((&svc.name, &svc.tags)) {
-                services_changed = true;
-            }
-            if !unchanged || touch_all {
-                touched_names.insert(svc.name.to_ascii_lowercase());
-            }
-            let idx = match prev {
-                Some((_, ix)) if unchanged && !status_changed => ix,
-                Some((_, ix)) => Indexes {
-                    create: ix.create,
-                    modify: index,
-                },
-                None => Indexes {
-                    create: index,
-                    modify: index,
-                },
-            };
-            service_indexes.insert(id.clone(), idx);
         }
-        if let Some(old) = old_node {
-            for (id, svc) in &old.record.services {
+        let mut changes: Vec<Change> = vec![(
+            EntryKey::Node,
+            Some(Value::Node(Arc::new(crate::gossip::NodeInfo {
+                datacenter: record.datacenter.clone(),
+                address: record.address,
+                meta: record.meta.clone(),
+            }))),
+        )];
+        if let Some(old) = self.nodes.get(&record.name) {
+            for id in old.record.services.keys() {
                 if !record.services.contains_key(id) {
-                    services_changed = true;
-                    touched_names.insert(svc.name.to_ascii_lowercase());
+                    changes.push((EntryKey::Service(id.as_str().into()), None));
+                }
+            }
+            for id in old.record.checks.keys() {
+                if !record.checks.contains_key(id) {
+                    changes.push((EntryKey::Check(id.as_str().into()), None));
                 }
             }
         }
-        for (id, chk) in &record.checks {
-            let prev = old
-                .as_ref()
-                .and_then(|o| o.record.checks.get(id).map(|p| (p, o.check_indexes(id))));
-            let idx = match prev {
-                Some((p, ix)) if p == chk => ix,
-                Some((_, ix)) => Indexes {
-                    create: ix.create,
-                    modify: index,
-                },
-                None => Indexes {
-                    create: index,
-                    modify: index,
-                },
-            };
-            check_indexes.insert(id.clone(), idx);
+        for (id, s) in record.services.iter() {
+            changes.push((
+                EntryKey::Service(id.as_str().into()),
+                Some(Value::Service(s.clone())),
+            ));
         }
-        if let Some(old) = &old {
-            self.count_names(&old.record, false);
-        }
-        self.count_names(&record, true);
-        self.stamp_names(touched_names, index);
-        if node_changed {
-            self.nodes_index = index;
-        }
-        if services_changed {
-            self.services_index = index;
+        for (id, c) in record.checks.iter() {
+            changes.push((
+                EntryKey::Check(id.as_str().into()),
+                Some(Value::Check(c.clone())),
+            ));
         }
         let name = record.name.clone();
-        let gossip_addr = gossip_addr.or(old.as_ref().and_then(|o| o.gossip_addr));
-        let stale = !status.is_up() && self.protect.is_held(&name);
-        self.nodes.insert(
-            name,
-            Arc::new(NodeEntry {
-                record,
+        self.apply_changes(&name, &changes, now_ms);
+        let up = status.is_up();
+        let out = self.set_standing(
+            &name,
+            Standing {
                 status,
+                served: up,
+                stale: false,
                 gossip_addr,
-                status_since_ms,
-                indexes: node_indexes,
-                service_indexes,
-                check_indexes,
-                stale,
-            }),
+            },
+            now_ms,
         );
-        Ok(Change {
-            index,
-            changed: true,
-        })
-    }
-
-    /// Changes a node's membership state (alive, suspect, left, failed). Every instance on
-    /// the node changes visibility, so every one of its service names is touched. A failure
-    /// may start (or fall under) protect mode, which holds failed peers as stale instead; a
-    /// return may end it, which lets the failures of peers still missing apply.
-    pub fn set_status(
-        &mut self,
-        node: &str,
-        status: MemberStatus,
-        now_ms: u64,
-    ) -> Result<Change, ApplyError> {
-        let Some(entry) = self.nodes.get(node) else {
-            return Err(ApplyError::UnknownNode(node.to_string()));
-        };
-        if entry.status == status {
-            return Ok(Change {
-                index: self.index,
-                changed: false,
-            });
+        if let Some(e) = self.nodes.get(&name) {
+            let mut e = NodeEntry::clone(e);
+            e.record.version = record.version;
+            self.nodes.insert_mut(name, Arc::new(e));
         }
-        let index = self.bump();
-        let mut stale_changes: Vec<(String, bool)> = Vec::new();
-        match status {
-            MemberStatus::Failed if self.local.as_deref() != Some(node) => {
-                let serving_peers = self
-                    .nodes
-                    .values()
-                    .filter(|n| {
-                        n.record.name != node
-                            && self.local.as_ref() != Some(&n.record.name)
-                            && n.serving()
-                    })
-                    .count();
-                for held in self.protect.on_failure(node, now_ms, serving_peers, 0) {
-                    stale_changes.push((held, true));
-                }
-            }
-            MemberStatus::Alive | MemberStatus::Suspect => {
-                if let Some(released) = self.protect.on_alive(node, now_ms) {
-                    stale_changes.extend(released.into_iter().map(|n| (n, false)));
-                }
-            }
-            _ => self.protect.forget(node),
-        }
-        self.update_entry(node, index, |e| {
-            e.status = status;
-            e.status_since_ms = now_ms;
-            e.stale = !status.is_up() && stale_changes.iter().any(|(n, s)| n == node && *s);
-        });
-        for (other, stale) in stale_changes.into_iter().filter(|(n, _)| n != node) {
-            if self.nodes.get(&other).is_some_and(|e| e.stale != stale) {
-                self.update_entry(&other, index, |e| e.stale = stale);
-            }
-        }
-        self.nodes_index = index;
-        self.services_index = index;
-        Ok(Change {
-            index,
-            changed: true,
-        })
-    }
-
-    /// Rewrites one node entry at `index`: every instance on it is touched.
-    fn update_entry(&mut self, node: &str, index: u64, f: impl FnOnce(&mut NodeEntry)) {
-        let Some(entry) = self.nodes.get(node) else {
-            return;
-        };
-        let mut entry = NodeEntry::clone(entry);
-        f(&mut entry);
-        entry.indexes.modify = index;
-        for ix in entry.service_indexes.values_mut() {
-            ix.modify = index;
-        }
-        let names: Vec<String> = entry
-            .record
-            .services
-            .values()
-            .map(|svc| svc.name.to_ascii_lowercase())
-            .collect();
-        self.stamp_names(names, index);
-        self.nodes.insert(node.to_string(), Arc::new(entry));
-    }
-
-    /// Records the gossip address of a member; returns whether it changed (the member list
-    /// shows it, so a change moves the node-list index).
-    pub fn set_gossip_addr(&mut self, node: &str, addr: SocketAddr) -> bool {
-        let Some(entry) = self.nodes.get(node) else {
-            return false;
-        };
-        if entry.gossip_addr == Some(addr) {
-            return false;
-        }
-        let mut entry = NodeEntry::clone(entry);
-        entry.gossip_addr = Some(addr);
-        self.nodes.insert(node.to_string(), Arc::new(entry));
-        self.nodes_index = self.bump();
-        true
-    }
-
-    /// Forgets a node entirely (reaped after `reconnect_timeout`, or force-left).
-    pub fn remove_node(&mut self, node: &str) -> Change {
-        let Some(entry) = self.nodes.remove(node) else {
-            return Change {
-                index: self.index,
-                changed: false,
-            };
-        };
-        let index = self.bump();
-        self.protect.forget(node);
-        self.count_names(&entry.record, false);
-        let names: Vec<String> = entry
-            .record
-            .services
-            .values()
-            .map(|svc| svc.name.to_ascii_lowercase())
-            .collect();
-        self.stamp_names(names, index);
-        self.nodes_index = index;
-        self.services_index = index;
-        Change {
-            index,
+        Ok(Outcome {
+            index: self.index,
             changed: true,
         }
+        .max(out))
     }
 
-    /// Adds (or takes away) the instances of `rec` from the per-name counts.
-    fn count_names(&mut self, rec: &NodeRecord, add: bool) {
-        for svc in rec.services.values() {
-            let name = svc.name.to_ascii_lowercase();
-            if add {
-                *self.name_counts.entry(name).or_insert(0) += 1;
-            } else if let Some(n) = self.name_counts.get_mut(&name) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.name_counts.remove(&name);
-                }
-            }
-        }
-    }
-
-    /// Stamps `index` on each name; a name with no instances left is forgotten instead and
-    /// raises the floor that all unknown names answer with.
-    fn stamp_names(&mut self, names: impl IntoIterator<Item = String>, index: u64) {
-        for name in names {
-            if self.name_counts.contains_key(&name) {
-                self.name_indexes.insert(name, index);
-            } else {
-                self.name_indexes.remove(&name);
-                self.pruned_floor = index;
-            }
-        }
-    }
-
-    /// Builds the immutable view readers use.
+    /// The immutable view readers use: a copy of a few pointers.
     pub fn snapshot(&self) -> Snapshot {
-        let mut by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>> = HashMap::new();
-        for entry in self.nodes.values() {
-            for (id, svc) in &entry.record.services {
-                by_name
-                    .entry(svc.name.to_ascii_lowercase())
-                    .or_default()
-                    .push((entry.clone(), id.clone()));
-            }
-        }
         Snapshot {
             nodes: self.nodes.clone(),
+            names: self.names.clone(),
             index: self.index,
-            name_indexes: self.name_indexes.clone(),
             pruned_floor: self.pruned_floor,
-            protect_since_ms: self.protect.active_since(),
+            protect_since_ms: self.protect_since_ms.or(self.stale_since_ms),
             nodes_index: self.nodes_index,
             services_index: self.services_index,
-            by_name,
         }
     }
 }
 
-fn checks_equal(a: &NodeRecord, b: &NodeRecord, service_id: &str) -> bool {
-    a.checks
-        .values()
-        .filter(|c| c.service_id == service_id)
-        .eq(b.checks.values().filter(|c| c.service_id == service_id))
+impl Outcome {
+    fn max(self, other: Outcome) -> Outcome {
+        Outcome {
+            index: self.index.max(other.index),
+            changed: self.changed || other.changed,
+        }
+    }
 }
 
 /// One service instance in a snapshot: the node that hosts it and the service itself.
@@ -529,18 +732,24 @@ impl<'a> Instance<'a> {
     }
 }
 
-/// An immutable view of the catalog at one index. Cheap to clone (shared node entries).
-#[derive(Clone, Debug, Default)]
+/// An immutable view of the catalog at one index. Cheap to clone (shared maps).
+#[derive(Clone, Debug)]
 pub struct Snapshot {
-    nodes: BTreeMap<String, Arc<NodeEntry>>,
+    nodes: Map<String, Arc<NodeEntry>>,
+    names: Map<String, Arc<NameEntry>>,
     index: u64,
-    name_indexes: HashMap<String, u64>,
     pruned_floor: u64,
-    /// Set while protect mode holds failed peers' instances (agent clock, ms).
+    /// Set while answers may include stale instances (protect mode, or members back from a
+    /// failure and not yet reconciled): since when (agent clock, ms).
     protect_since_ms: Option<u64>,
     nodes_index: u64,
     services_index: u64,
-    by_name: HashMap<String, Vec<(Arc<NodeEntry>, String)>>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Catalog::new().snapshot()
+    }
 }
 
 impl Snapshot {
@@ -552,14 +761,13 @@ impl Snapshot {
     /// Index of the answer about one service name: rises only when that name's instances
     /// change (in any way that shows in a catalog or health answer).
     pub fn service_index(&self, name: &str) -> u64 {
-        self.name_indexes
-            .get(&name.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(self.pruned_floor)
+        self.names
+            .get(&lower(name))
+            .map_or(self.pruned_floor, |e| e.index)
             .max(1)
     }
 
-    /// When protect mode began, if answers currently include stale instances.
+    /// Since when answers may include stale instances, if they may.
     pub fn protect_since_ms(&self) -> Option<u64> {
         self.protect_since_ms
     }
@@ -574,40 +782,46 @@ impl Snapshot {
         self.services_index.max(1)
     }
 
+    /// A member of the cluster (nodes known only from state pushed ahead of their
+    /// membership are not shown).
     pub fn node(&self, name: &str) -> Option<&NodeEntry> {
-        self.nodes.get(name).map(|n| n.as_ref())
+        self.nodes
+            .get(name)
+            .filter(|n| n.listed)
+            .map(|n| n.as_ref())
     }
 
     /// Case-insensitive lookup of a node, as DNS needs.
     pub fn node_ignore_case(&self, name: &str) -> Option<&NodeEntry> {
         self.node(name).or_else(|| {
-            self.nodes
-                .values()
+            self.nodes()
                 .find(|n| n.record.name.eq_ignore_ascii_case(name))
-                .map(|n| n.as_ref())
         })
     }
 
+    /// Every member, in name order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
-        self.nodes.values().map(|n| n.as_ref())
+        self.nodes.values().filter(|n| n.listed).map(|n| n.as_ref())
     }
 
-    /// Every instance of the service `name` (case-insensitive) on any node, up or not,
-    /// in node order.
+    /// Every instance of the service `name` (case-insensitive) on any member, up or not,
+    /// in node order. Costs what it returns.
     pub fn instances(&self, name: &str) -> impl Iterator<Item = Instance<'_>> {
-        self.by_name
-            .get(&name.to_ascii_lowercase())
+        self.names
+            .get(&lower(name))
             .into_iter()
-            .flatten()
+            .flat_map(|e| e.instances.keys())
             .filter_map(|(node, id)| {
-                node.record.services.get(id).map(|service| Instance {
+                let node = self.nodes.get(node).filter(|n| n.listed)?;
+                let service = node.record.services.get(id)?;
+                Some(Instance {
                     node: node.as_ref(),
-                    service,
+                    service: service.as_ref(),
                 })
             })
     }
 
-    /// Instances that belong in answers: node up, and (with `passing_only`) passing,
+    /// Instances that belong in answers: node served, and (with `passing_only`) passing,
     /// else not critical; filtered by `tags` (all must match).
     pub fn healthy_instances<'a>(
         &'a self,
@@ -626,14 +840,15 @@ impl Snapshot {
         })
     }
 
-    /// Service names of nodes that are up, with the union of their tags (catalog/services).
+    /// Service names with instances on served nodes, with the union of their tags
+    /// (`/v1/catalog/services`). Costs the number of names and tags, not instances.
     pub fn service_names(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for node in self.nodes.values().filter(|n| n.serving()) {
-            for svc in node.record.services.values() {
-                out.entry(svc.name.clone())
+        for e in self.names.values() {
+            for (name, (_, tags)) in &e.serving {
+                out.entry(name.clone())
                     .or_default()
-                    .extend(svc.tags.iter().cloned());
+                    .extend(tags.keys().cloned());
             }
         }
         out
@@ -663,57 +878,24 @@ mod tests {
         let mut r = NodeRecord::new(node, "dc1", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
         r.version = version;
         for s in services {
-            r.services.insert(s.id.clone(), s.clone());
+            r.put_service(Arc::new(s.clone()));
         }
         r
     }
 
-    #[test]
-    fn higher_version_wins_and_stale_is_refused() {
-        let mut c = Catalog::new();
-        c.apply_record(
-            record("a", 2, &[svc("web1", "web")]),
-            MemberStatus::Alive,
-            None,
+    fn set(c: &mut Catalog, node: &str, s: Service) {
+        c.apply_changes(
+            node,
+            &[(
+                EntryKey::Service(s.id.as_str().into()),
+                Some(Value::Service(Arc::new(s))),
+            )],
             0,
-        )
-        .unwrap();
-        let err = c
-            .apply_record(record("a", 1, &[]), MemberStatus::Alive, None, 0)
-            .unwrap_err();
-        assert!(matches!(err, ApplyError::Stale { held: 2, .. }));
-        assert_eq!(c.snapshot().instances("web").count(), 1);
-        c.apply_record(record("a", 3, &[]), MemberStatus::Alive, None, 0)
-            .unwrap();
-        assert_eq!(c.snapshot().instances("web").count(), 0);
+        );
     }
 
     #[test]
-    fn order_of_delivery_does_not_matter() {
-        let recs = [
-            record("a", 1, &[svc("x", "web")]),
-            record("a", 2, &[svc("x", "web"), svc("y", "db")]),
-            record("b", 5, &[svc("z", "web")]),
-            record("a", 3, &[svc("y", "db")]),
-        ];
-        let mut one = Catalog::new();
-        let mut two = Catalog::new();
-        for r in recs.iter() {
-            let _ = one.apply_record(r.clone(), MemberStatus::Alive, None, 0);
-        }
-        for r in recs.iter().rev() {
-            let _ = two.apply_record(r.clone(), MemberStatus::Alive, None, 0);
-        }
-        let names = |c: &Catalog| {
-            c.nodes()
-                .map(|n| (n.record.name.clone(), n.record.version))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names(&one), names(&two));
-    }
-
-    #[test]
-    fn index_per_service_name() {
+    fn one_change_touches_only_its_name() {
         let mut c = Catalog::new();
         c.apply_record(
             record("a", 1, &[svc("w", "web"), svc("d", "db")]),
@@ -723,22 +905,29 @@ mod tests {
         )
         .unwrap();
         let s1 = c.snapshot();
-        let mut r = record("a", 2, &[svc("w", "web"), svc("d", "db")]);
-        r.services.get_mut("d").unwrap().port = 5432;
-        c.apply_record(r, MemberStatus::Alive, None, 0).unwrap();
+        let mut d = svc("d", "db");
+        d.port = 5432;
+        set(&mut c, "a", d);
         let s2 = c.snapshot();
         assert_eq!(s1.service_index("web"), s2.service_index("web"));
         assert!(s2.service_index("db") > s1.service_index("db"));
         assert!(s2.index() > s1.index());
-        // service indexes: web instance untouched, db modified, create kept
         let w = s2.instances("web").next().unwrap().indexes();
         let d = s2.instances("db").next().unwrap().indexes();
         assert_eq!(w.create, w.modify);
         assert!(d.modify > d.create);
+        // The earlier snapshot still shows what it showed.
+        assert_eq!(s1.instances("db").next().unwrap().service.port, 80);
+        // An unchanged change changes nothing.
+        let before = c.index();
+        let mut d = svc("d", "db");
+        d.port = 5432;
+        set(&mut c, "a", d);
+        assert_eq!(c.index(), before);
     }
 
     #[test]
-    fn status_change_hides_instances_and_bumps_names() {
+    fn standing_hides_instances_and_bumps_names() {
         let mut c = Catalog::new();
         c.apply_record(
             record("a", 1, &[svc("w", "web")]),
@@ -748,35 +937,73 @@ mod tests {
         )
         .unwrap();
         let before = c.snapshot().service_index("web");
-        c.set_status("a", MemberStatus::Failed, 10).unwrap();
+        c.set_standing(
+            "a",
+            Standing {
+                status: MemberStatus::Failed,
+                served: false,
+                stale: false,
+                gossip_addr: None,
+            },
+            10,
+        );
         let s = c.snapshot();
         assert!(s.service_index("web") > before);
         assert_eq!(s.healthy_instances("web", &[], false).count(), 0);
-        // the record is kept (last known instances), just not served
+        // The record is kept (last known instances), just not served.
         assert_eq!(s.instances("web").count(), 1);
         assert_eq!(s.node("a").unwrap().status_since_ms, 10);
-        assert!(c.set_status("zz", MemberStatus::Alive, 0).is_err());
+        assert!(s.service_names().is_empty());
+        // Held by protect mode: served, flagged.
+        c.set_standing(
+            "a",
+            Standing {
+                status: MemberStatus::Failed,
+                served: true,
+                stale: true,
+                gossip_addr: None,
+            },
+            20,
+        );
+        let s = c.snapshot();
+        assert_eq!(s.healthy_instances("web", &[], false).count(), 1);
+        assert_eq!(s.protect_since_ms(), Some(20));
+        assert_eq!(s.service_names().len(), 1);
+    }
+
+    #[test]
+    fn members_are_listed_before_their_state_and_state_before_membership_is_hidden() {
+        let mut c = Catalog::new();
+        set(&mut c, "early", svc("w", "web"));
+        let s = c.snapshot();
+        assert!(s.node("early").is_none());
+        assert_eq!(s.instances("web").count(), 0);
+        c.set_standing("early", Standing::alive(), 0);
+        assert_eq!(c.snapshot().healthy_instances("web", &[], false).count(), 1);
+        c.set_standing("bare", Standing::alive(), 0);
+        let s = c.snapshot();
+        assert!(s.node("bare").unwrap().record.services.is_empty());
+        assert_eq!(s.nodes().count(), 2);
     }
 
     #[test]
     fn health_filters_and_tags() {
         let mut c = Catalog::new();
         let mut r = record("a", 1, &[svc("w1", "web"), svc("w2", "web")]);
-        r.checks.insert(
-            "c1".into(),
-            Check {
-                id: "c1".into(),
-                name: "c1".into(),
-                status: HealthStatus::Critical,
-                notes: String::new(),
-                output: String::new(),
-                service_id: "w2".into(),
-                kind: CheckKind::Ttl { ttl_ms: 1000 },
-                deregister_critical_after_ms: 0,
-                status_changed_ms: 0,
-            },
-        );
-        r.services.get_mut("w1").unwrap().tags = vec!["Primary".into()];
+        r.put_check(Arc::new(Check {
+            id: "c1".into(),
+            name: "c1".into(),
+            status: HealthStatus::Critical,
+            notes: String::new(),
+            output: String::new(),
+            service_id: "w2".into(),
+            kind: CheckKind::Ttl { ttl_ms: 1000 },
+            deregister_critical_after_ms: 0,
+            status_changed_ms: 0,
+        }));
+        let mut w1 = svc("w1", "web");
+        w1.tags = vec!["Primary".into()];
+        r.put_service(Arc::new(w1));
         c.apply_record(r, MemberStatus::Alive, None, 0).unwrap();
         let s = c.snapshot();
         assert_eq!(s.healthy_instances("WEB", &[], false).count(), 1);
@@ -792,100 +1019,53 @@ mod tests {
     #[test]
     fn names_without_instances_are_forgotten_without_going_backwards() {
         let mut c = Catalog::new();
-        c.apply_record(
-            record("a", 1, &[svc("w", "web")]),
-            MemberStatus::Alive,
-            None,
-            0,
-        )
-        .unwrap();
+        c.set_standing("a", Standing::alive(), 0);
+        set(&mut c, "a", svc("w", "web"));
         let with = c.snapshot().service_index("web");
-        c.apply_record(record("a", 2, &[]), MemberStatus::Alive, None, 0)
-            .unwrap();
+        c.apply_changes("a", &[(EntryKey::Service("w".into()), None)], 0);
         let s = c.snapshot();
-        assert!(s.name_indexes.is_empty(), "no name kept without instances");
+        assert!(s.names.is_empty(), "no name kept without instances");
         assert!(
             s.service_index("web") > with,
             "index of a removed name moved forward"
         );
-        // Many names coming and going leave nothing behind.
-        for v in 3..200u64 {
+        for v in 0..200u64 {
             let name = format!("n{v}");
-            c.apply_record(
-                record("a", v, &[svc(&name, &name)]),
-                MemberStatus::Alive,
-                None,
-                0,
-            )
-            .unwrap();
+            set(&mut c, "a", svc(&name, &name));
+            c.apply_changes("a", &[(EntryKey::Service(name.as_str().into()), None)], 0);
         }
-        c.apply_record(record("a", 500, &[]), MemberStatus::Alive, None, 0)
-            .unwrap();
-        assert!(c.name_indexes.is_empty() && c.name_counts.is_empty());
+        assert!(c.names.is_empty());
         // Two nodes with the same name: removing one keeps the name.
-        c.apply_record(
-            record("a", 501, &[svc("w", "web")]),
-            MemberStatus::Alive,
-            None,
-            0,
-        )
-        .unwrap();
-        c.apply_record(
-            record("b", 1, &[svc("w", "web")]),
-            MemberStatus::Alive,
-            None,
-            0,
-        )
-        .unwrap();
+        set(&mut c, "a", svc("w", "web"));
+        c.set_standing("b", Standing::alive(), 0);
+        set(&mut c, "b", svc("w", "web"));
         c.remove_node("b");
-        assert_eq!(c.name_counts.get("web"), Some(&1));
-        assert!(c.name_indexes.contains_key("web"));
+        assert_eq!(c.snapshot().instances("web").count(), 1);
     }
 
     #[test]
-    fn protect_mode_serves_peers_lost_at_once_as_stale() {
+    fn a_change_costs_the_change_not_the_catalog() {
+        // 3,000 services on one node: changing one copies a path, and snapshots share the
+        // rest (the earlier snapshot is untouched).
         let mut c = Catalog::new();
-        c.set_local("me");
-        c.apply_record(record("me", 1, &[]), MemberStatus::Alive, None, 0)
-            .unwrap();
-        for n in ["a", "b", "c", "d"] {
-            c.apply_record(
-                record(n, 1, &[svc(&format!("{n}-web"), "web")]),
-                MemberStatus::Alive,
-                None,
-                0,
-            )
-            .unwrap();
-        }
-        // An ordinary single failure applies: a's instance leaves the answers.
-        c.set_status("a", MemberStatus::Failed, 1_000).unwrap();
-        assert_eq!(c.snapshot().healthy_instances("web", &[], false).count(), 3);
-        assert!(c.snapshot().protect_since_ms().is_none());
-        // b and c fail right after: 3 of 4 peers in one burst → protect mode holds all three.
-        c.set_status("b", MemberStatus::Failed, 2_000).unwrap();
-        let before = c.snapshot().service_index("web");
-        c.set_status("c", MemberStatus::Failed, 3_000).unwrap();
-        let s = c.snapshot();
-        assert_eq!(s.protect_since_ms(), Some(3_000));
-        assert_eq!(
-            s.healthy_instances("web", &[], false).count(),
-            4,
-            "last known instances kept"
-        );
-        assert!(s.node("a").unwrap().stale && s.node("c").unwrap().stale);
-        assert_eq!(
-            s.node("a").unwrap().status,
-            MemberStatus::Failed,
-            "members still tell the truth"
-        );
-        assert!(s.service_index("web") > before, "watchers see the change");
-        // Contact returns with half of them: protect mode ends; c's failure now applies.
-        c.set_status("a", MemberStatus::Alive, 9_000).unwrap();
-        c.set_status("b", MemberStatus::Alive, 9_100).unwrap();
-        let s = c.snapshot();
-        assert!(s.protect_since_ms().is_none());
-        assert!(!s.node("c").unwrap().stale);
-        assert_eq!(s.healthy_instances("web", &[], false).count(), 3);
+        c.set_standing("big", Standing::alive(), 0);
+        let changes: Vec<Change> = (0..3000)
+            .map(|i| {
+                let s = svc(&format!("s{i}"), &format!("name{i}"));
+                (
+                    EntryKey::Service(s.id.as_str().into()),
+                    Some(Value::Service(Arc::new(s))),
+                )
+            })
+            .collect();
+        c.apply_changes("big", &changes, 0);
+        let before = c.snapshot();
+        set(&mut c, "big", svc("s7", "renamed"));
+        let after = c.snapshot();
+        assert_eq!(before.instances("name7").count(), 1);
+        assert_eq!(after.instances("name7").count(), 0);
+        assert_eq!(after.instances("renamed").count(), 1);
+        assert_eq!(after.service_index("name8"), before.service_index("name8"));
     }
 
     #[test]
@@ -901,5 +1081,6 @@ mod tests {
         assert!(c.remove_node("a").changed);
         assert!(!c.remove_node("a").changed);
         assert!(c.snapshot().node("a").is_none());
+        assert_eq!(c.snapshot().instances("web").count(), 0);
     }
 }

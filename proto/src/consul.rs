@@ -769,7 +769,7 @@ pub fn node_checks(entry: &NodeEntry) -> Vec<Value> {
             health_check(
                 name,
                 c,
-                entry.record.services.get(&c.service_id),
+                entry.record.services.get(&c.service_id).map(|s| &**s),
                 entry.check_indexes(&c.id),
             )
         }))

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Health of a check, ordered from best to worst so that `max()` gives the aggregate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -164,19 +165,27 @@ pub const SERF_HEALTH_CHECK: &str = "serfHealth";
 pub const NODE_MAINTENANCE_CHECK: &str = "_node_maintenance";
 pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
 
-/// Everything one node says about itself. Authored only by that node's agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A persistent (structure-sharing) ordered map: cloning is O(1), a change copies one path.
+pub type Map<K, V> = rpds::RedBlackTreeMapSync<K, V>;
+
+/// Everything one node says about itself, as one member holds it. Its maps share structure
+/// with earlier versions, so changing one service or check costs O(log n) and a copy is
+/// free: snapshots of the catalog hold these by the thousand.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeRecord {
     pub name: String,
     pub datacenter: String,
     /// The address other hosts reach this node at (its advertise address).
     pub address: IpAddr,
     pub meta: BTreeMap<String, String>,
-    /// Keyed by service id.
-    pub services: BTreeMap<String, Service>,
+    /// Keyed by service id. Change through [`NodeRecord::put_service`] and friends, which
+    /// keep the per-service check index in step.
+    pub services: Map<String, Arc<Service>>,
     /// Keyed by check id.
-    pub checks: BTreeMap<String, Check>,
-    /// Bumped by the owner on every change; a higher version replaces a lower one.
+    pub checks: Map<String, Arc<Check>>,
+    /// Check ids by the service they guard ("" for node-level checks).
+    by_service: Map<String, Map<String, ()>>,
+    /// How many changes built this record (the owner's version, informational).
     pub version: u64,
 }
 
@@ -187,21 +196,77 @@ impl NodeRecord {
             datacenter: datacenter.into(),
             address,
             meta: BTreeMap::new(),
-            services: BTreeMap::new(),
-            checks: BTreeMap::new(),
+            services: Map::new_sync(),
+            checks: Map::new_sync(),
+            by_service: Map::new_sync(),
             version: 0,
         }
     }
 
+    pub fn put_service(&mut self, service: Arc<Service>) {
+        self.services.insert_mut(service.id.clone(), service);
+    }
+
+    pub fn remove_service(&mut self, id: &str) -> Option<Arc<Service>> {
+        let old = self.services.get(id).cloned();
+        self.services.remove_mut(id);
+        old
+    }
+
+    pub fn put_check(&mut self, check: Arc<Check>) {
+        if let Some(old) = self.checks.get(&check.id).cloned() {
+            self.unindex(&old);
+        }
+        let mut set = self
+            .by_service
+            .get(&check.service_id)
+            .cloned()
+            .unwrap_or_else(Map::new_sync);
+        set.insert_mut(check.id.clone(), ());
+        self.by_service.insert_mut(check.service_id.clone(), set);
+        self.checks.insert_mut(check.id.clone(), check);
+    }
+
+    pub fn remove_check(&mut self, id: &str) -> Option<Arc<Check>> {
+        let old = self.checks.get(id).cloned()?;
+        self.unindex(&old);
+        self.checks.remove_mut(id);
+        Some(old)
+    }
+
+    fn unindex(&mut self, check: &Check) {
+        if let Some(set) = self.by_service.get(&check.service_id) {
+            let mut set = set.clone();
+            set.remove_mut(&check.id);
+            if set.is_empty() {
+                self.by_service.remove_mut(&check.service_id);
+            } else {
+                self.by_service.insert_mut(check.service_id.clone(), set);
+            }
+        }
+    }
+
+    /// The checks guarding `service_id` itself (not the node-level ones), in id order.
+    pub fn own_checks<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Arc<Check>> + 'a {
+        self.by_service
+            .get(service_id)
+            .into_iter()
+            .flat_map(|set| set.keys())
+            .filter_map(move |id| self.checks.get(id))
+    }
+
     /// Checks that concern `service_id`: its own plus the node-level ones (as Consul's health
-    /// endpoints report them).
+    /// endpoints report them), in id order within each group. Costs what it returns.
     pub fn checks_for_service<'a>(
         &'a self,
         service_id: &'a str,
-    ) -> impl Iterator<Item = &'a Check> {
-        self.checks
-            .values()
-            .filter(move |c| c.service_id.is_empty() || c.service_id == service_id)
+    ) -> impl Iterator<Item = &'a Check> + 'a {
+        let node_level = self.own_checks("");
+        let own = (!service_id.is_empty())
+            .then(|| self.own_checks(service_id))
+            .into_iter()
+            .flatten();
+        node_level.chain(own).map(|c| &**c)
     }
 }
 

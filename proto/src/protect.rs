@@ -190,7 +190,10 @@ mod tests {
         let mut p = p();
         // 5 peers: a, b, c fail within a few seconds; d and e still up.
         assert!(p.on_failure("a", 0, 4, 0).is_empty());
-        assert!(p.on_failure("b", 1_000, 3, 0).is_empty(), "2 of 5 is not most");
+        assert!(
+            p.on_failure("b", 1_000, 3, 0).is_empty(),
+            "2 of 5 is not most"
+        );
         let held = p.on_failure("c", 2_000, 2, 0);
         assert_eq!(
             held,

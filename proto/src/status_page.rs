@@ -269,7 +269,7 @@ pub fn nodes(snap: &Snapshot, now: Clocks) -> Vec<NodeSummary> {
                 status: n.status.as_str(),
                 stale: n.stale,
                 health: health.as_str(),
-                service_count: n.record.services.len(),
+                service_count: n.record.services.size(),
                 meta: n.record.meta.clone(),
                 gossip_address: n.gossip_addr.map(|a| a.to_string()),
                 status_age_ms: now.agent_ms.saturating_sub(n.status_since_ms),
@@ -316,10 +316,10 @@ mod tests {
         let mut r = NodeRecord::new(name, "dc1", IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet)));
         r.version = 1;
         for s in services {
-            r.services.insert(s.id.clone(), s.clone());
+            r.put_service(std::sync::Arc::new(s.clone()));
         }
         for c in checks {
-            r.checks.insert(c.id.clone(), c.clone());
+            r.put_check(std::sync::Arc::new(c.clone()));
         }
         r
     }
@@ -327,7 +327,6 @@ mod tests {
     /// Nodes a (web passing, db warning), b (web critical), c (web, failed), d (web, left).
     fn cluster() -> Catalog {
         let mut c = Catalog::new();
-        c.set_local("a");
         let a = record(
             "a",
             1,

@@ -253,7 +253,10 @@ impl Sim {
     pub fn warm_start(
         &mut self,
         host: usize,
-        view: Vec<(muster_proto::gossip::NodeId, std::sync::Arc<muster_proto::gossip::NodeData>)>,
+        view: Vec<(
+            muster_proto::gossip::NodeId,
+            std::sync::Arc<muster_proto::gossip::NodeData>,
+        )>,
     ) {
         let now = self.now;
         if let Some(n) = self.hosts[host].node.as_mut() {
@@ -368,8 +371,8 @@ impl Sim {
                 bytes,
                 lagged,
             } => {
-                let reachable =
-                    self.hosts[server].running() && self.hosts[server].group == self.hosts[client].group;
+                let reachable = self.hosts[server].running()
+                    && self.hosts[server].group == self.hosts[client].group;
                 if !reachable {
                     let fail = if self.hosts[server].running() {
                         self.net.connect_timeout
@@ -506,7 +509,8 @@ impl Sim {
                     let Some(&j) = self.by_addr.get(&to) else {
                         continue;
                     };
-                    if self.hosts[j].group != self.hosts[host].group || self.net.lost(&mut self.rng) {
+                    if self.hosts[j].group != self.hosts[host].group || self.net.lost(&mut self.rng)
+                    {
                         continue;
                     }
                     let at = self.now + self.net.latency(&mut self.rng);
@@ -536,7 +540,8 @@ impl Sim {
                         );
                         continue;
                     };
-                    let at = self.now + self.net.latency(&mut self.rng) + self.net.transfer(bytes.len());
+                    let at =
+                        self.now + self.net.latency(&mut self.rng) + self.net.transfer(bytes.len());
                     self.push(
                         at,
                         Ev::StreamRequest {

@@ -85,7 +85,9 @@ pub fn clock_jump(seed: u64, shift: i64, data_dir: bool) -> Result<Report, Strin
     f.sim.start(c, Some(0));
     new_service(&mut f, c, 1);
     let took = until_exact(&mut f, Duration::from_secs(10)).map_err(|e| {
-        format!("seed {seed}: shift {shift}s data_dir={data_dir}: not a full member within 10 s: {e}")
+        format!(
+            "seed {seed}: shift {shift}s data_dir={data_dir}: not a full member within 10 s: {e}"
+        )
     })?;
     let moves = f.log.borrow().stamps.len() - moves_before;
     if moves > 10 {
@@ -124,7 +126,10 @@ pub fn rolling_restart(seed: u64, nodes: usize, data_dir: bool) -> Result<Report
         let Some(n) = hj.node.as_ref() else { continue };
         for (x, hx) in f.sim.hosts.iter().enumerate() {
             if j != x && n.member(&hx.name).map(|m| m.status) != Some(MemberStatus::Alive) {
-                return Err(format!("seed {seed}: {} does not list {} as alive", hj.name, hx.name));
+                return Err(format!(
+                    "seed {seed}: {} does not list {} as alive",
+                    hj.name, hx.name
+                ));
             }
         }
     }
@@ -198,8 +203,12 @@ pub fn partition_heal(seed: u64, nodes: usize, cut: Duration) -> Result<Report, 
         for j in 0..nodes {
             for x in 0..nodes {
                 if j != x {
-                    answer_ok(&f, j, x)
-                        .map_err(|e| format!("seed {seed}: {:.1} s after the heal: {e}", (f.sim.now - heal).as_secs_f64()))?;
+                    answer_ok(&f, j, x).map_err(|e| {
+                        format!(
+                            "seed {seed}: {:.1} s after the heal: {e}",
+                            (f.sim.now - heal).as_secs_f64()
+                        )
+                    })?;
                 }
             }
         }

@@ -138,8 +138,7 @@ impl Fleet {
             let j = self.rng.random_range(0..i);
             self.sim.start(i, Some(j));
         }
-        self.run_until_converged(start + limit)
-            .map(|t| t - start)
+        self.run_until_converged(start + limit).map(|t| t - start)
     }
 
     /// Starts every host at once from a formed view of the fleet (every member and its
@@ -150,7 +149,10 @@ impl Fleet {
         for i in 0..n {
             self.sim.start(i, None);
         }
-        let view: Vec<(muster_proto::gossip::NodeId, Arc<muster_proto::gossip::NodeData>)> = self
+        let view: Vec<(
+            muster_proto::gossip::NodeId,
+            Arc<muster_proto::gossip::NodeData>,
+        )> = self
             .sim
             .hosts
             .iter()
@@ -192,7 +194,10 @@ impl Fleet {
                     continue;
                 };
                 let name = &hosts[x].name;
-                if nj.member(name).is_none_or(|m| m.status != MemberStatus::Alive) {
+                if nj
+                    .member(name)
+                    .is_none_or(|m| m.status != MemberStatus::Alive)
+                {
                     return false;
                 }
                 let theirs = nx.own_data();
@@ -216,9 +221,8 @@ impl Fleet {
                 || hx.node.as_ref().is_none_or(|nx| {
                     n.member(&hx.name)
                         .is_some_and(|m| m.status == MemberStatus::Alive)
-                        && n.data(&hx.name).is_some_and(|d| {
-                            d.stamp() == nx.own_data().stamp() && d.is_settled()
-                        })
+                        && n.data(&hx.name)
+                            .is_some_and(|d| d.stamp() == nx.own_data().stamp() && d.is_settled())
                 })
         })
     }
@@ -235,11 +239,22 @@ impl Fleet {
                 let view = nj.member(&hx.name);
                 match &hx.node {
                     Some(nx) => {
-                        if view.as_ref().is_none_or(|v| v.status != MemberStatus::Alive) {
-                            return Err(format!("{} lists {} as {:?}", hj.name, hx.name, view.map(|v| v.status)));
+                        if view
+                            .as_ref()
+                            .is_none_or(|v| v.status != MemberStatus::Alive)
+                        {
+                            return Err(format!(
+                                "{} lists {} as {:?}",
+                                hj.name,
+                                hx.name,
+                                view.map(|v| v.status)
+                            ));
                         }
                         let want: Vec<_> = nx.own_data().values().collect();
-                        let have: Vec<_> = nj.data(&hx.name).map(|d| d.values().collect()).unwrap_or_default();
+                        let have: Vec<_> = nj
+                            .data(&hx.name)
+                            .map(|d| d.values().collect())
+                            .unwrap_or_default();
                         if want != have {
                             return Err(format!("{} holds another state of {}", hj.name, hx.name));
                         }
@@ -355,7 +370,11 @@ impl Fleet {
 
     /// Crashes `victim` and returns how long until the first and the last other running
     /// host declared it failed (None: not within `limit`).
-    pub fn crash_detection(&mut self, victim: usize, limit: Duration) -> (Option<Duration>, Option<Duration>) {
+    pub fn crash_detection(
+        &mut self,
+        victim: usize,
+        limit: Duration,
+    ) -> (Option<Duration>, Option<Duration>) {
         let start = self.sim.now;
         let name = self.sim.hosts[victim].name.clone();
         self.sim.crash(victim);
@@ -375,9 +394,7 @@ impl Fleet {
             if first.is_none() {
                 first = seen.iter().map(|(t, _)| *t - start).min();
             }
-            let all = others
-                .iter()
-                .all(|o| seen.iter().any(|(_, s)| s == o));
+            let all = others.iter().all(|o| seen.iter().any(|(_, s)| s == o));
             if all {
                 let last = seen.iter().map(|(t, _)| *t - start).max();
                 return (first, last);
@@ -399,9 +416,8 @@ fn observe(log: &mut Log, sim: &Sim, seen: Seen<'_>) {
         Event::Member(v) if v.status == MemberStatus::Failed => {
             log.failed.push((seen.at, seen.host, v.name.clone()));
             let subject = sim.hosts.iter().find(|h| h.name == v.name);
-            let reachable = subject.is_some_and(|s| {
-                s.running() && s.group == sim.hosts[seen.host].group
-            });
+            let reachable =
+                subject.is_some_and(|s| s.running() && s.group == sim.hosts[seen.host].group);
             if reachable {
                 log.false_failed.push((seen.at, seen.host, v.name.clone()));
             }

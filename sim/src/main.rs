@@ -140,7 +140,10 @@ fn fleet(args: &FleetArgs) {
     }
     let (_, _, pushes1) = f.counters();
     let per_change = (pushes1 - pushes0) as f64 / followed.len().max(1) as f64 / nodes as f64;
-    eprintln!("spread measured after {:.0} s", wall.elapsed().as_secs_f64());
+    eprintln!(
+        "spread measured after {:.0} s",
+        wall.elapsed().as_secs_f64()
+    );
 
     let (made, churn_bytes, churn_sends) = f.churn(20.0, Duration::from_secs(20));
     eprintln!("churn measured after {:.0} s", wall.elapsed().as_secs_f64());
@@ -150,7 +153,9 @@ fn fleet(args: &FleetArgs) {
     eprintln!("crash measured after {:.0} s", wall.elapsed().as_secs_f64());
 
     // A node joins the formed fleet: time to the whole catalog, and its stream round trips.
-    let joiner = f.sim.add_host(&host_name(nodes), host_state(nodes, services));
+    let joiner = f
+        .sim
+        .add_host(&host_name(nodes), host_state(nodes, services));
     let seed_host = (victim + 1) % nodes;
     let t0 = f.sim.now;
     f.sim.start(joiner, Some(seed_host));
@@ -166,7 +171,10 @@ fn fleet(args: &FleetArgs) {
         .node
         .as_ref()
         .map_or(0, |n| n.stats().stream_requests);
-    eprintln!("joiner measured after {:.0} s", wall.elapsed().as_secs_f64());
+    eprintln!(
+        "joiner measured after {:.0} s",
+        wall.elapsed().as_secs_f64()
+    );
 
     if soak > Duration::ZERO {
         f.sim.run_for(soak);
@@ -208,7 +216,10 @@ fn fleet(args: &FleetArgs) {
         loss * 100.0
     );
     if !warm {
-        println!("| formed by joins, every record everywhere | {} |", secs(formed));
+        println!(
+            "| formed by joins, every record everywhere | {} |",
+            secs(formed)
+        );
     }
     println!(
         "| one change reaching 50% / 99% / 99.9% / 100% of nodes (median of {}) | {} / {} / {} / {} |",
@@ -280,9 +291,10 @@ fn faults_table(seeds: u64) {
         }
         rows.push((name.to_string(), times, moves, fails));
     };
-    run("restart, clock 2 days behind the previous run, no data_dir", &|s| {
-        faults::clock_jump(s, -2 * 86_400, false)
-    });
+    run(
+        "restart, clock 2 days behind the previous run, no data_dir",
+        &|s| faults::clock_jump(s, -2 * 86_400, false),
+    );
     run("restart, clock 1 day behind, no data_dir", &|s| {
         faults::clock_jump(s, -86_400, false)
     });
@@ -292,12 +304,14 @@ fn faults_table(seeds: u64) {
     run("restart, clock 1 day behind, with data_dir", &|s| {
         faults::clock_jump(s, -86_400, true)
     });
-    run("two rolling-restart waves over 8 nodes, no data_dir", &|s| {
-        faults::rolling_restart(s, 8, false)
-    });
-    run("two rolling-restart waves over 8 nodes, with data_dir", &|s| {
-        faults::rolling_restart(s, 8, true)
-    });
+    run(
+        "two rolling-restart waves over 8 nodes, no data_dir",
+        &|s| faults::rolling_restart(s, 8, false),
+    );
+    run(
+        "two rolling-restart waves over 8 nodes, with data_dir",
+        &|s| faults::rolling_restart(s, 8, true),
+    );
     run("6 nodes cut 3/3 for 20 s, then healed", &|s| {
         faults::partition_heal(s, 6, Duration::from_secs(20))
     });

@@ -376,10 +376,10 @@ mod tests {
     fn record(checks: Vec<Check>) -> NodeRecord {
         let mut r = NodeRecord::new("n1", "dc1", "127.0.0.1".parse().unwrap());
         for id in ["web", "db"] {
-            r.services.insert(id.into(), service(id));
+            r.put_service(std::sync::Arc::new(service(id)));
         }
         for c in checks {
-            r.checks.insert(c.id.clone(), c);
+            r.put_check(std::sync::Arc::new(c));
         }
         r
     }
@@ -470,14 +470,16 @@ mod tests {
         reconcile(&state, &r, true, &mut runners);
         assert_eq!(task_id(&runners, "a"), a_task);
         // A changed definition restarts that runner only; so does disabling scripts.
-        r.checks.get_mut("a").unwrap().kind = CheckKind::Ttl { ttl_ms: 5 };
+        let mut a = Check::clone(&r.checks["a"]);
+        a.kind = CheckKind::Ttl { ttl_ms: 5 };
+        r.put_check(std::sync::Arc::new(a));
         reconcile(&state, &r, true, &mut runners);
         assert_ne!(task_id(&runners, "a"), a_task);
         assert_eq!(task_id(&runners, "sc"), sc_task);
         reconcile(&state, &r, false, &mut runners);
         assert_ne!(task_id(&runners, "sc"), sc_task);
         // A removed check loses its runner.
-        r.checks.remove("a");
+        r.remove_check("a");
         reconcile(&state, &r, false, &mut runners);
         assert!(!runners.contains_key("a"));
         assert!(runners.contains_key("sc"));
@@ -495,7 +497,7 @@ mod tests {
 
     async fn status(state: &State, id: &str) -> (HealthStatus, String) {
         let c = state.local().checks[id].clone();
-        (c.status, c.output)
+        (c.status, c.output.clone())
     }
 
     /// The TTL timer under tokio's paused clock: expiry, and refreshes that change nothing

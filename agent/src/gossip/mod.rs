@@ -1,61 +1,40 @@
-//! The cluster: SWIM membership (foca) over UDP, catalog records as piggy-backed
-//! broadcasts, and full-state push-pull over TCP on the same port.
+//! The cluster, the I/O half: sockets, sealing, one timer and one loop around
+//! `muster_proto::gossip::Node`, which decides everything (SWIM membership, spreading
+//! changes, anti-entropy, member standing). The simulator runs the very same `Node`.
 //!
-//! One task owns foca and everything it decides: datagrams, timers, local record changes,
-//! push-pull results, join and force-leave commands and the leave at shutdown all arrive
-//! at that task as messages. Sends go out through one writer task; timers come back from
-//! one queue in deadline order. Membership changes and remote records are applied to the
-//! catalog through `State`; nothing here reads or writes the catalog any other way.
+//! One task owns the node. Everything reaches it as a message — datagrams, stream requests
+//! (answered on the spot) and replies, this node's own changes from `State`, join and
+//! force-leave commands, the stop signal — and after each it sends what the node wants
+//! sent and applies what the node reports to the catalog (through `State`), in one batch.
+//! What a join must do before the node can (resolve names, retry with backoff) lives here.
 
-mod timers;
 pub mod transport;
 
 use crate::agent::{Shared, Stop};
 use crate::metrics::METRICS;
-use foca::{AccumulatingRuntime, Identity, Member, OwnedNotification, PostcardCodec};
-use muster_proto::gossip::message::split_record;
-use muster_proto::gossip::{
-    swim_config, CatalogBroadcasts, Delivery, Item, NodeId, PushPull, SharedLedger, Swim,
-};
-use muster_proto::model::{MemberStatus, NodeRecord};
-use rand::seq::IndexedRandom;
-use rand10::SeedableRng;
+use muster_proto::gossip::{Event, Node, NodeConfig, Transmit};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use timers::TimerQueue;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
-/// How often each member exchanges full state with a random other member.
-const PUSH_PULL_EVERY: Duration = Duration::from_secs(30);
 /// Join retries back off from this to [`JOIN_BACKOFF_MAX`].
 const JOIN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Eager pushes of news (each to 3 random members) before it is left to piggy-backing:
-/// with two, a change reaches every member of a 50-node cluster in a few network trips
-/// with rare misses (each node is picked ~6 times on average), within the retransmit limit.
-const EAGER_ROUNDS: usize = 2;
-/// A member that SWIM reports up but whose record has not arrived by broadcast within
-/// this long is asked for it directly (a push-pull with that member).
-const RECORD_GRACE: Duration = Duration::from_millis(250);
-/// Direct record fetches started per check, so a join storm cannot open a connection burst.
-const MAX_FETCHES: usize = 8;
-/// After joining, one more push-pull this much later: updates broadcast while the cluster
-/// did not yet know us as a member were not sent to us.
-const SETTLE_SYNC_AFTER: Duration = Duration::from_secs(3);
-/// How often failed and left members are checked for reaping.
-const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown lets the leave notice go out before the process exits.
 pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
 /// The longest start-up waits for the first join attempt before reporting ready.
 pub const FIRST_JOIN_WAIT: Duration = Duration::from_secs(12);
-/// Push-pull exchanges served at once; more connections wait in the backlog.
-const MAX_STREAMS: usize = 16;
+/// Stamp moves logged per minute at most (the node bounds them; this bounds the log).
+const STAMP_LOGS_PER_MINUTE: u32 = 5;
+/// The file in `data_dir` that keeps this node's boot stamp and version across runs.
+const STAMPS_FILE: &str = "gossip.json";
 
 /// A request to the gossip task from the HTTP API.
 pub enum Command {
@@ -113,37 +92,6 @@ impl Handle {
     }
 }
 
-/// A full state received by the TCP server, waiting for ours in reply.
-struct Inbound {
-    state: PushPull,
-    reply: oneshot::Sender<Vec<u8>>,
-}
-
-/// The outcome of a push-pull we started.
-struct Outcome {
-    to: SocketAddr,
-    result: Result<PushPull, String>,
-    /// Join requests waiting on this exchange.
-    reply: Option<oneshot::Sender<Result<usize, String>>>,
-    /// Part of `retry_join`.
-    retry: bool,
-    /// A joining exchange (not anti-entropy).
-    join: bool,
-}
-
-/// A join attempt the task asked itself for (after resolving a retry_join target).
-struct JoinRequest {
-    to: SocketAddr,
-    retry: bool,
-}
-
-/// This task's view of one member, keyed by node name.
-#[derive(Clone, Debug)]
-struct View {
-    id: NodeId,
-    status: MemberStatus,
-}
-
 /// The running gossip task.
 pub struct Started {
     /// Finishes after announcing our leave when the stop signal changes.
@@ -151,6 +99,35 @@ pub struct Started {
     /// Becomes true once the first `retry_join` attempt has finished, successful or not
     /// (at once without `retry_join`).
     pub first_join: watch::Receiver<bool>,
+}
+
+/// A sync request received by the stream server, waiting for the node's answer.
+struct Inbound {
+    from: SocketAddr,
+    body: Vec<u8>,
+    reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// This node's boot stamp and version, as the data directory keeps them.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Stamps {
+    boot: u64,
+    version: u64,
+}
+
+fn load_stamps(dir: &Path) -> Option<Stamps> {
+    let bytes = std::fs::read(dir.join(STAMPS_FILE)).ok()?;
+    if bytes.len() > 4096 {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn save_stamps(dir: &Path, s: Stamps) {
+    let bytes = serde_json::to_vec(&s).unwrap_or_default();
+    if let Err(e) = crate::store::write_file_durably(dir, STAMPS_FILE, &bytes) {
+        tracing::warn!(error = %e, "could not record this node's boot stamp in data_dir");
+    }
 }
 
 /// Binds the gossip port (UDP and TCP) and starts the tasks.
@@ -168,29 +145,40 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     // Sealing and opening read this shared keyring (keyring operations swap it); whether
     // gossip may run without a key was decided at start-up (`keyring::check_secure`).
     let keys = shared.keyring.keys();
-    let boot = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1);
-    let me = NodeId::new(
-        config.node_name.clone(),
+
+    // A boot stamp above any this node used before: the data directory remembers the last
+    // one; without it the clock gives a guess, and peers that remember a later run teach the
+    // node (it moves above what they hold at the first exchange).
+    let dir = config.data_dir.clone();
+    let saved = dir.as_deref().and_then(load_stamps);
+    let boot = match saved {
+        Some(s) => s.boot.saturating_add(1),
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+            .max(1),
+    };
+    let version = saved.map_or(0, |s| s.version);
+    if let Some(dir) = &dir {
+        save_stamps(dir, Stamps { boot, version });
+    }
+    let mut cfg = NodeConfig::new(
+        config.node_name.as_str(),
         SocketAddr::new(config.advertise_addr, config.ports.gossip),
-        boot,
     );
-    let ledger = SharedLedger::default();
-    let swim = Swim::with_custom_broadcast(
-        me.clone(),
-        swim_config(1),
-        rand10::rngs::StdRng::seed_from_u64(rand::random()),
-        PostcardCodec,
-        CatalogBroadcasts::new(ledger.clone()),
-    );
+    cfg.boot = boot;
+    cfg.version = version;
+    cfg.run = rand::random::<u64>() | 1;
+    cfg.seed = rand::random();
+    cfg.reconnect_timeout = config.reconnect_timeout;
+    let epoch = Instant::now();
+    let node = Node::new(cfg, Duration::ZERO);
 
     let (out_tx, out_rx) = mpsc::channel(4096);
     let (in_tx, in_rx) = mpsc::channel(4096);
-    let (inbound_tx, inbound_rx) = mpsc::channel(MAX_STREAMS);
-    let (outcome_tx, outcome_rx) = mpsc::channel(64);
-    let (join_tx, join_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound_rx) = mpsc::channel(transport::MAX_STREAMS);
+    let (reply_tx, reply_rx) = mpsc::channel(256);
     let (first_join_tx, first_join) = watch::channel(config.retry_join.is_empty());
     tokio::spawn(transport::udp_writer(udp.clone(), keys.clone(), out_rx));
     tokio::spawn(transport::udp_reader(udp.clone(), keys.clone(), in_tx));
@@ -201,45 +189,43 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
         inbound_tx,
         shared.stop_rx(),
     ));
-
-    tracing::info!(gossip = %bind, id = ?me, encrypted = !keys.load().is_empty(), "gossip running");
-    let mut task = Gossip {
+    let local = shared
+        .state
+        .take_local_changes()
+        .ok_or_else(|| anyhow::anyhow!("gossip started twice"))?;
+    tracing::info!(gossip = %bind, id = ?node.id(), encrypted = !keys.load().is_empty(), "gossip running");
+    let mut task = Driver {
         shared: shared.clone(),
-        swim,
-        ledger,
-        me,
+        node,
+        epoch,
         keys,
-        timers: TimerQueue::default(),
         out: out_tx,
-        views: HashMap::new(),
-        size_bucket: 1,
-        outcome_tx,
-        join_requests: join_tx,
+        stream_replies: reply_tx,
+        data_dir: dir,
         retry_join: config.retry_join.clone(),
-        join_backoff: JOIN_BACKOFF_MIN,
-        next_join: Instant::now(),
-        joined: false,
         default_port: config.ports.gossip,
-        reconnect_timeout: config.reconnect_timeout,
+        join_backoff: JOIN_BACKOFF_MIN,
+        next_join: Some(Instant::now()).filter(|_| !config.retry_join.is_empty()),
+        joined: config.retry_join.is_empty(),
+        retry_pending: 0,
         first_join: first_join_tx,
-        awaited: HashMap::new(),
-        settle_sync: None,
+        join_replies: HashMap::new(),
+        stamp_logs: (Instant::now(), 0),
+        reported: Default::default(),
     };
-    let task = tokio::spawn(async move {
-        task.run(in_rx, inbound_rx, outcome_rx, commands, join_rx)
-            .await
-    });
+    let task =
+        tokio::spawn(async move { task.run(in_rx, inbound_rx, reply_rx, local, commands).await });
     Ok(Started { task, first_join })
 }
 
-/// Accepts gossip streams: sync frames (push-pull) go to the SWIM task, keyring frames to
-/// the keyring. Admission, size, time and buffer bounds are the transport's.
+/// Accepts gossip streams: sync frames go to the node, keyring frames to the keyring.
+/// Admission, size, time and buffer bounds are the transport's.
 async fn serve_streams(
     listener: TcpListener,
     keys: transport::Keys,
     keyring: crate::keyring::KeyringHandle,
     inbound: mpsc::Sender<Inbound>,
-    mut stop: tokio::sync::watch::Receiver<Stop>,
+    mut stop: watch::Receiver<Stop>,
 ) {
     let admission = transport::Admission::default();
     loop {
@@ -269,17 +255,22 @@ async fn serve_streams(
                         crate::keyring::serve(&keyring, &frame).await,
                     )),
                     transport::FrameKind::Sync => {
-                        let state = PushPull::decode(&frame.body).map_err(|e| {
-                            METRICS.gossip_malformed.fetch_add(1, Relaxed);
-                            e.to_string()
-                        })?;
                         let (reply, rx) = oneshot::channel();
                         inbound
-                            .send(Inbound { state, reply })
+                            .send(Inbound {
+                                from,
+                                body: frame.body,
+                                reply,
+                            })
                             .await
                             .map_err(|_| "gossip stopped".to_string())?;
-                        let ours = rx.await.map_err(|_| "gossip stopped".to_string())?;
-                        Ok((transport::FrameKind::Sync, ours))
+                        match rx.await.map_err(|_| "gossip stopped".to_string())? {
+                            Some(body) => Ok((transport::FrameKind::Sync, body)),
+                            None => {
+                                METRICS.gossip_malformed.fetch_add(1, Relaxed);
+                                Err("not a muster sync request".to_string())
+                            }
+                        }
                     }
                 }
             })
@@ -288,114 +279,79 @@ async fn serve_streams(
     }
 }
 
-struct Gossip {
+/// The task that owns the node.
+struct Driver {
     shared: Shared,
-    swim: Swim<rand10::rngs::StdRng>,
-    ledger: SharedLedger,
-    me: NodeId,
+    node: Node,
+    /// The node's clock: time since this instant.
+    epoch: Instant,
     keys: transport::Keys,
-    timers: TimerQueue,
     out: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    views: HashMap<String, View>,
-    /// The power of two the SWIM settings were last scaled for.
-    size_bucket: usize,
-    outcome_tx: mpsc::Sender<Outcome>,
-    join_requests: mpsc::Sender<JoinRequest>,
+    stream_replies: mpsc::Sender<(u64, Result<Vec<u8>, String>)>,
+    data_dir: Option<std::path::PathBuf>,
     retry_join: Vec<String>,
-    join_backoff: Duration,
-    next_join: Instant,
-    /// Whether some retry_join target answered (retrying stops then).
-    joined: bool,
     default_port: u16,
-    reconnect_timeout: Duration,
+    join_backoff: Duration,
+    /// When to try `retry_join` next (None: not retrying).
+    next_join: Option<Instant>,
+    /// Whether some `retry_join` target answered (retrying stops then).
+    joined: bool,
+    /// `retry_join` attempts under way.
+    retry_pending: usize,
     first_join: watch::Sender<bool>,
-    /// Members up in SWIM whose record we still lack, with when to fetch it directly.
-    awaited: HashMap<String, (NodeId, Instant)>,
-    /// When to run the post-join push-pull.
-    settle_sync: Option<Instant>,
+    /// Join commands waiting for the node's verdict, by address.
+    join_replies: HashMap<SocketAddr, Vec<oneshot::Sender<Result<usize, String>>>>,
+    /// (start of the current minute, stamp moves logged in it).
+    stamp_logs: (Instant, u32),
+    /// Node counters already added to the metrics.
+    reported: muster_proto::gossip::Stats,
 }
 
-impl Gossip {
+impl Driver {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     async fn run(
         &mut self,
-        mut datagrams: mpsc::Receiver<Vec<u8>>,
+        mut datagrams: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
         mut inbound: mpsc::Receiver<Inbound>,
-        mut outcomes: mpsc::Receiver<Outcome>,
+        mut replies: mpsc::Receiver<(u64, Result<Vec<u8>, String>)>,
+        mut local: mpsc::UnboundedReceiver<Vec<muster_proto::gossip::Change>>,
         mut commands: mpsc::Receiver<Command>,
-        mut join_requests: mpsc::Receiver<JoinRequest>,
     ) {
-        let mut local = self.shared.state.local_record();
         let mut stop = self.shared.stop_rx();
-        let first = local.borrow_and_update().clone();
-        self.publish(&first).await;
-        let mut push_pull = tokio::time::interval_at(
-            Instant::now() + PUSH_PULL_EVERY.mul_f64(0.5 + rand::random::<f64>()),
-            PUSH_PULL_EVERY,
-        );
-        let mut reap = tokio::time::interval(REAP_EVERY);
-        let mut fetch = tokio::time::interval(RECORD_GRACE / 2);
-        fetch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if self.retry_join.is_empty() {
-            self.joined = true;
-        }
         loop {
-            let join_at = if self.joined {
-                Instant::now() + Duration::from_secs(3600)
-            } else {
-                self.next_join
-            };
+            let timeout = self.node.poll_timeout().map_or_else(
+                || Instant::now() + Duration::from_secs(3600),
+                |t| self.epoch + t,
+            );
+            let join_at = self
+                .next_join
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                Some(data) = datagrams.recv() => {
-                    let mut rt = AccumulatingRuntime::new();
-                    if let Err(e) = self.swim.handle_data(&data, &mut rt) {
-                        METRICS.gossip_malformed.fetch_add(1, Relaxed);
-                        tracing::trace!(error = %e, "gossip packet not handled");
-                    }
-                    self.flush(rt).await;
-                }
-                _ = sleep_until(self.timers.next_deadline()) => {
-                    for timer in self.timers.due(Instant::now()) {
-                        let mut rt = AccumulatingRuntime::new();
-                        if let Err(e) = self.swim.handle_timer(timer, &mut rt) {
-                            tracing::debug!(error = %e, "SWIM timer failed");
-                        }
-                        self.flush(rt).await;
-                    }
-                }
-                r = local.changed() => {
-                    if r.is_err() { return; }
-                    let rec = local.borrow_and_update().clone();
-                    self.publish(&rec).await;
+                Some((from, data)) = datagrams.recv() => {
+                    let now = self.now();
+                    self.node.handle_datagram(now, from, &data);
                 }
                 Some(req) = inbound.recv() => {
-                    let from = req.state.from.clone();
-                    // A joiner's record reached us whole over the stream; its own
-                    // broadcasts mostly go to us too (we are all it knows), so spread it
-                    // for it, or the rest of the cluster only learns it by push-pull.
-                    let joiner = req
-                        .state
-                        .join
-                        .then(|| req.state.records.iter().find(|(r, _)| r.name == from.name))
-                        .flatten()
-                        .map(|(r, _)| r.clone());
-                    self.merge(req.state).await;
-                    let _ = req.reply.send(self.full_state(false));
-                    if let Some(record) = joiner {
-                        self.publish(&record).await;
-                    }
-                    tracing::debug!(from = ?from, "push-pull served");
+                    let now = self.now();
+                    let _ = req.reply.send(self.node.handle_stream(now, req.from, &req.body));
                 }
-                Some(o) = outcomes.recv() => self.finish_exchange(o).await,
+                Some((id, result)) = replies.recv() => {
+                    let now = self.now();
+                    self.node.handle_stream_reply(now, id, result.as_deref().map_err(|e| e.clone()));
+                }
+                Some(changes) = local.recv() => {
+                    let now = self.now();
+                    self.node.publish(now, changes);
+                }
                 Some(cmd) = commands.recv() => self.command(cmd).await,
-                Some(j) = join_requests.recv() => {
-                    if !self.joined {
-                        self.join(j.to, None, j.retry).await;
-                    }
+                _ = sleep_until(timeout) => {
+                    let now = self.now();
+                    self.node.handle_timeout(now);
                 }
-                _ = push_pull.tick() => self.push_pull_random(),
-                _ = sleep_until(join_at) => self.retry_join(),
-                _ = reap.tick() => self.reap().await,
-                _ = fetch.tick() => self.fetch_missing(),
+                _ = sleep_until(join_at) => self.retry_join().await,
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() != Stop::Running {
                         self.leave().await;
@@ -403,387 +359,136 @@ impl Gossip {
                     }
                 }
             }
+            self.flush();
         }
     }
 
-    /// Carries out what foca asked for during one call.
-    async fn flush(&mut self, mut rt: AccumulatingRuntime<NodeId>) {
-        self.send_and_schedule(&mut rt);
-        while let Some(n) = rt.to_notify() {
-            self.notified(n).await;
-        }
-        let deliveries = self.ledger.lock().drain();
-        let news = !deliveries.is_empty();
-        for d in deliveries {
-            match d {
-                Delivery::Record(r) => self.apply_record(r, None).await,
-                Delivery::Leave(id) => self.member_left(id).await,
-            }
-        }
-        if news {
-            // Forward news at once instead of waiting for the next gossip round: each hop
-            // then costs a network trip, not up to a gossip interval.
-            let mut rt = AccumulatingRuntime::new();
-            for _ in 0..EAGER_ROUNDS {
-                if let Err(e) = self.swim.broadcast(&mut rt) {
-                    tracing::debug!(error = %e, "forwarding broadcast failed");
-                }
-            }
-            self.send_and_schedule(&mut rt);
-        }
-        self.rescale();
-    }
-
-    fn send_and_schedule(&mut self, rt: &mut AccumulatingRuntime<NodeId>) {
-        while let Some((to, data)) = rt.to_send() {
-            if self.out.try_send((to.addr, data.to_vec())).is_err() {
-                tracing::trace!("gossip writer busy: dropped a datagram");
-            }
-        }
-        while let Some((after, timer)) = rt.to_schedule() {
-            self.timers.schedule(after, timer);
-        }
-    }
-
-    /// Re-tunes SWIM (retransmissions, suspicion timeout) when the cluster size crosses a
-    /// power of two.
-    fn rescale(&mut self) {
-        let bucket = (self.swim.num_members() + 1).next_power_of_two();
-        if bucket != self.size_bucket {
-            self.size_bucket = bucket;
-            if let Err(e) = self.swim.set_config(swim_config(bucket)) {
-                tracing::debug!(error = %e, "SWIM config not changed");
-            }
-        }
-    }
-
-    async fn notified(&mut self, n: OwnedNotification<NodeId>) {
-        let state = self.shared.state.clone();
-        match n {
-            OwnedNotification::MemberUp(id) => {
-                if self.superseded(&id) {
-                    return;
-                }
-                tracing::info!(node = %id.name, addr = %id.addr, "member up");
-                self.views.insert(
-                    id.name.clone(),
-                    View {
-                        id: id.clone(),
-                        status: MemberStatus::Alive,
-                    },
-                );
-                state.set_gossip_addr(&id.name, id.addr).await;
-                state.set_member_status(&id.name, MemberStatus::Alive).await;
-                if state.snapshot().node(&id.name).is_none() {
-                    // A member is a member as soon as SWIM says so (Consul's members list
-                    // is the gossip view): hold it in the catalog as a version-0
-                    // placeholder (address, no services) that its real record replaces.
-                    let dc = self.shared.config.load().datacenter.clone();
-                    let placeholder = NodeRecord::new(id.name.clone(), dc, id.addr.ip());
-                    state
-                        .apply_remote(placeholder, MemberStatus::Alive, Some(id.addr))
-                        .await;
-                    self.awaited
-                        .insert(id.name.clone(), (id, Instant::now() + RECORD_GRACE));
-                }
-            }
-            OwnedNotification::MemberDown(id) => {
-                let Some(view) = self.views.get_mut(&id.name) else {
-                    return;
-                };
-                if view.id != id {
-                    return;
-                }
-                if view.status != MemberStatus::Left {
-                    view.status = MemberStatus::Failed;
-                    tracing::warn!(node = %id.name, addr = %id.addr, "member failed");
-                    state
-                        .set_member_status(&id.name, MemberStatus::Failed)
-                        .await;
-                }
-            }
-            OwnedNotification::Rename(old, new) => {
-                if old.name != new.name {
-                    // Another node took over this address: the old one is gone from here.
-                    if let Some(v) = self.views.get_mut(&old.name) {
-                        if v.id == old && v.status.is_up() {
-                            v.status = MemberStatus::Failed;
-                            state
-                                .set_member_status(&old.name, MemberStatus::Failed)
-                                .await;
-                        }
+    /// Sends what the node wants sent and applies what it reports, in one batch.
+    fn flush(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            match t {
+                Transmit::Datagram { to, bytes } => {
+                    if self.out.try_send((to, bytes)).is_err() {
+                        tracing::trace!("gossip writer busy: dropped a datagram");
                     }
                 }
-                if !self.superseded(&new) {
-                    if let Some(v) = self.views.get_mut(&new.name) {
-                        v.id = new.clone();
-                    }
-                    state.set_gossip_addr(&new.name, new.addr).await;
-                }
-            }
-            OwnedNotification::Active => tracing::info!("joined the cluster"),
-            OwnedNotification::Idle => tracing::info!("no other live members known"),
-            OwnedNotification::Rejoin(id) => {
-                tracing::warn!(
-                    boot = id.boot,
-                    "was declared down; rejoined as a new incarnation"
-                );
-                self.me = id;
-            }
-            OwnedNotification::Defunct => {
-                if *self.shared.stop_tx.borrow() == Stop::Running {
-                    tracing::warn!("declared down by the cluster");
+                Transmit::Stream { to, id, bytes } => {
+                    let keys = self.keys.clone();
+                    let tx = self.stream_replies.clone();
+                    tokio::spawn(async move {
+                        let result = transport::exchange(to, keys, bytes)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send((id, result)).await;
+                    });
                 }
             }
         }
-    }
-
-    /// Whether we already know a later run of this member.
-    fn superseded(&self, id: &NodeId) -> bool {
-        self.views
-            .get(&id.name)
-            .is_some_and(|v| v.id != *id && v.id.supersedes(id))
-    }
-
-    async fn member_left(&mut self, id: NodeId) {
-        if self.superseded(&id) || id.name == self.me.name {
-            return;
+        let mut events = Vec::new();
+        while let Some(e) = self.node.poll_event() {
+            events.push(e);
         }
-        tracing::info!(node = %id.name, "member left");
-        self.views.insert(
-            id.name.clone(),
-            View {
-                id: id.clone(),
-                status: MemberStatus::Left,
+        if !events.is_empty() {
+            self.shared.state.apply_gossip(&events);
+            for e in &events {
+                self.report(e);
+            }
+        }
+        self.metrics();
+    }
+
+    /// Logs, persists and answers what an event means outside the catalog.
+    fn report(&mut self, e: &Event) {
+        match e {
+            Event::Member(v) => match v.status {
+                muster_proto::model::MemberStatus::Failed => {
+                    tracing::warn!(node = %v.name, addr = %v.addr, held = v.served, "member failed")
+                }
+                muster_proto::model::MemberStatus::Left => {
+                    tracing::info!(node = %v.name, "member left")
+                }
+                _ => tracing::debug!(node = %v.name, addr = %v.addr, boot = v.boot, "member up"),
             },
-        );
-        self.shared
-            .state
-            .set_member_status(&id.name, MemberStatus::Left)
-            .await;
-    }
-
-    /// Applies a record, holding the node in the state we know it in (or `hearsay`, what
-    /// the peer that sent it believes, when we know nothing of it).
-    async fn apply_record(&mut self, record: NodeRecord, hearsay: Option<MemberStatus>) {
-        let (status, addr) = match self.views.get(&record.name) {
-            Some(v) => (v.status, Some(v.id.addr)),
-            None => (hearsay.unwrap_or(MemberStatus::Alive), None),
-        };
-        self.shared.state.apply_remote(record, status, addr).await;
-    }
-
-    /// Spreads a record: a new version of our own, or a joiner's we relay for it.
-    async fn publish(&mut self, record: &NodeRecord) {
-        let items = match split_record(record) {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::error!(error = %e, "this node's record is too large to gossip");
-                return;
-            }
-        };
-        for item in items {
-            if let Err(e) = self.swim.add_broadcast(&item) {
-                tracing::error!(error = %e, "record part refused by SWIM");
-            }
-        }
-        let mut rt = AccumulatingRuntime::new();
-        for _ in 0..EAGER_ROUNDS {
-            if let Err(e) = self.swim.broadcast(&mut rt) {
-                tracing::debug!(error = %e, "broadcast failed");
-            }
-        }
-        self.flush(rt).await;
-    }
-
-    fn full_state(&self, join: bool) -> Vec<u8> {
-        let snap = self.shared.state.snapshot();
-        let state = PushPull {
-            from: self.me.clone(),
-            join,
-            members: self.swim.iter_membership_state().cloned().collect(),
-            records: snap.nodes().map(|n| (n.record.clone(), n.status)).collect(),
-        };
-        match state.encode() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "full state too large to send");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Merges a peer's full state: its membership into foca, then its records.
-    async fn merge(&mut self, state: PushPull) {
-        let mut rt = AccumulatingRuntime::new();
-        let mut members = state.members;
-        // The sender is alive: it just talked to us.
-        members.push(Member::alive(state.from.clone()));
-        if let Err(e) = self.swim.apply_many(members.into_iter(), true, &mut rt) {
-            tracing::debug!(error = %e, "push-pull membership not applied");
-        }
-        self.flush(rt).await;
-        for (record, status) in state.records {
-            if record.name == self.me.name {
-                // Only matters if a peer remembers a newer version of us (an earlier run):
-                // State re-stamps ours above it.
-                if self
-                    .ledger
-                    .lock()
-                    .version(&record.name)
-                    .is_some_and(|v| v >= record.version)
-                {
-                    continue;
+            Event::Forget { node } => tracing::info!(node = %node, "member forgotten"),
+            Event::Protect { since } => match since {
+                Some(_) => tracing::warn!(
+                    "lost most peers at once: serving their last known instances, flagged stale (protect mode)"
+                ),
+                None => tracing::info!("protect mode over"),
+            },
+            Event::Stamp {
+                boot,
+                version,
+                reason,
+            } => {
+                if let Some(dir) = &self.data_dir {
+                    save_stamps(
+                        dir,
+                        Stamps {
+                            boot: *boot,
+                            version: *version,
+                        },
+                    );
                 }
-                self.shared.state.apply_remote(record, status, None).await;
-                continue;
-            }
-            let known = self.ledger.lock().version(&record.name);
-            if known.is_some_and(|v| v >= record.version) {
-                continue;
-            }
-            self.ledger
-                .lock()
-                .note_version(&record.name, record.version);
-            self.apply_record(record, Some(status)).await;
-        }
-    }
-
-    /// Starts a push-pull with `to` in the background.
-    fn exchange(
-        &self,
-        to: SocketAddr,
-        join: bool,
-        reply: Option<oneshot::Sender<Result<usize, String>>>,
-        retry: bool,
-    ) {
-        let ours = self.full_state(join);
-        let keys = self.keys.clone();
-        let tx = self.outcome_tx.clone();
-        tokio::spawn(async move {
-            let result = match transport::exchange(to, keys, ours).await {
-                Ok(bytes) => PushPull::decode(&bytes).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = tx
-                .send(Outcome {
-                    to,
-                    result,
-                    reply,
-                    retry,
-                    join,
-                })
-                .await;
-        });
-    }
-
-    async fn finish_exchange(&mut self, o: Outcome) {
-        if o.retry {
-            self.first_join.send_replace(true);
-        }
-        match o.result {
-            Ok(state) => {
-                let peer = state.from.clone();
-                tracing::debug!(peer = ?peer, "push-pull done");
-                self.merge(state).await;
-                if o.retry && !self.joined {
-                    tracing::info!(peer = %o.to, "joined the cluster through retry_join");
-                    self.joined = true;
+                let (start, n) = &mut self.stamp_logs;
+                if start.elapsed() > Duration::from_secs(60) {
+                    *start = Instant::now();
+                    *n = 0;
                 }
-                if o.join {
-                    self.settle_sync = Some(Instant::now() + SETTLE_SYNC_AFTER);
-                }
-                if let Some(r) = o.reply {
-                    let _ = r.send(Ok(1));
+                *n += 1;
+                if *n <= STAMP_LOGS_PER_MINUTE {
+                    tracing::warn!(boot, version, "{reason}");
                 }
             }
-            Err(e) => {
-                tracing::debug!(peer = %o.to, error = %e, "push-pull failed");
-                if o.retry {
-                    tracing::warn!(peer = %o.to, error = %e, "join failed; retrying");
-                }
-                if let Some(r) = o.reply {
-                    let _ = r.send(Err(format!("join {}: {e}", o.to)));
-                }
-            }
-        }
-    }
-
-    /// Announces ourselves to `to` over UDP (foca accepts an announce addressed to any
-    /// identity at its address) and starts a joining push-pull with it.
-    async fn join(
-        &mut self,
-        to: SocketAddr,
-        reply: Option<oneshot::Sender<Result<usize, String>>>,
-        retry: bool,
-    ) {
-        let mut rt = AccumulatingRuntime::new();
-        let probe = NodeId::new(String::new(), to, 0);
-        if let Err(e) = self.swim.announce(probe, &mut rt) {
-            tracing::debug!(error = %e, "announce failed");
-        }
-        self.flush(rt).await;
-        self.exchange(to, true, reply, retry);
-    }
-
-    fn retry_join(&mut self) {
-        let targets = self.retry_join.clone();
-        let port = self.default_port;
-        let tx = self.outcome_tx.clone();
-        let me = self.me.addr;
-        self.next_join = Instant::now() + self.join_backoff;
-        self.join_backoff = (self.join_backoff * 2).min(JOIN_BACKOFF_MAX);
-        // Resolve in the background (names may need DNS); report back as failed
-        // exchanges when nothing resolves, or as join commands when something does.
-        let cmd = self.self_commands();
-        tokio::spawn(async move {
-            let mut asked = 0;
-            let mut failures = Vec::new();
-            for t in targets {
-                match resolve(&t, port).await {
-                    Ok(addrs) => {
-                        for a in addrs.into_iter().filter(|a| *a != me) {
-                            asked += 1;
-                            let _ = cmd.send(JoinRequest { to: a, retry: true }).await;
-                        }
+            Event::Joined { addr, result } => {
+                if let Some(waiting) = self.join_replies.remove(addr) {
+                    for w in waiting {
+                        let _ = w.send(result.clone().map(|()| 1).map_err(|e| format!("join {addr}: {e}")));
                     }
-                    Err(e) => failures.push(format!("{t}: {e}")),
+                }
+                if self.retry_pending > 0 {
+                    self.retry_pending -= 1;
+                    match result {
+                        Ok(()) => {
+                            if !self.joined {
+                                tracing::info!(peer = %addr, "joined the cluster through retry_join");
+                            }
+                            self.joined = true;
+                            self.next_join = None;
+                        }
+                        Err(e) => tracing::warn!(peer = %addr, error = %e, "join failed; retrying"),
+                    }
+                    if self.retry_pending == 0 {
+                        self.first_join.send_replace(true);
+                    }
                 }
             }
-            if asked == 0 {
-                // Nothing to ask (names that do not resolve, or only this node's own
-                // address): report it as a failed attempt so the retry goes on.
-                if failures.is_empty() {
-                    failures.push("retry_join lists only this node".into());
-                }
-                let _ = tx
-                    .send(Outcome {
-                        to: SocketAddr::from(([0, 0, 0, 0], port)),
-                        result: Err(failures.join("; ")),
-                        reply: None,
-                        retry: true,
-                        join: true,
-                    })
-                    .await;
-            } else {
-                for f in failures {
-                    tracing::warn!(error = %f, "join target does not resolve");
-                }
-            }
-        });
+            Event::Data { .. } => {}
+        }
     }
 
-    fn self_commands(&self) -> mpsc::Sender<JoinRequest> {
-        self.join_requests.clone()
+    /// Adds what the node counted since the last call to the agent's metrics.
+    fn metrics(&mut self) {
+        let s = self.node.stats();
+        let malformed = s.malformed - self.reported.malformed;
+        let implausible = s.implausible - self.reported.implausible;
+        if malformed + implausible > 0 {
+            METRICS
+                .gossip_malformed
+                .fetch_add(malformed + implausible, Relaxed);
+        }
+        if implausible > 0 {
+            METRICS.gossip_dropped("claim", "implausible");
+        }
+        self.reported = s.clone();
     }
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Join { addrs, reply } => {
-                let port = self.default_port;
                 let mut targets = Vec::new();
                 for a in &addrs {
-                    match resolve(a, port).await {
+                    match resolve(a, self.default_port).await {
                         Ok(v) => targets.extend(v),
                         Err(e) => {
                             let _ = reply.send(Err(format!("{a}: {e}")));
@@ -795,155 +500,73 @@ impl Gossip {
                     let _ = reply.send(Err("no address to join".into()));
                     return;
                 };
-                self.join(first, Some(reply), false).await;
-                for t in targets.into_iter().skip(1) {
-                    self.join(t, None, false).await;
+                self.join_replies.entry(first).or_default().push(reply);
+                let now = self.now();
+                for t in targets {
+                    self.node.join(now, t);
                 }
             }
             Command::ForceLeave { node, prune, reply } => {
-                let _ = reply.send(self.force_leave(&node, prune).await);
+                let now = self.now();
+                let _ = reply.send(self.node.force_leave(now, &node, prune));
             }
         }
     }
 
-    async fn force_leave(&mut self, node: &str, prune: bool) -> Result<(), String> {
-        if node == self.me.name {
-            return Err("cannot force-leave this agent itself (use leave)".into());
-        }
-        let snap = self.shared.state.snapshot();
-        let Some(entry) = snap.node(node) else {
-            return Err(format!("unknown member {node:?}"));
-        };
-        if prune {
-            self.forget(node).await;
-            return Ok(());
-        }
-        if entry.status == MemberStatus::Alive {
-            return Err(format!(
-                "member {node:?} is alive; only failed members can be forced to leave"
-            ));
-        }
-        let id = self
-            .views
-            .get(node)
-            .map(|v| v.id.clone())
-            .or_else(|| entry.gossip_addr.map(|a| NodeId::new(node, a, 0)));
-        if let Some(id) = id {
-            // Tell everyone, so the member is listed as left cluster-wide.
-            let item = Item::Leave { id: id.clone() }.encode();
-            if let Err(e) = self.swim.add_broadcast(&item) {
-                tracing::debug!(error = %e, "force-leave broadcast refused");
-            }
-            let mut rt = AccumulatingRuntime::new();
-            let _ = self.swim.broadcast(&mut rt);
-            self.flush(rt).await;
-            self.member_left(id).await;
-        }
-        self.shared
-            .state
-            .set_member_status(node, MemberStatus::Left)
-            .await;
-        Ok(())
-    }
-
-    async fn forget(&mut self, node: &str) {
-        self.views.remove(node);
-        self.ledger.lock().forget(node);
-        self.shared.state.remove_node(node).await;
-    }
-
-    fn push_pull_random(&mut self) {
-        let peers: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr()).collect();
-        if let Some(to) = peers.choose(&mut rand::rng()).copied() {
-            self.exchange(to, false, None, false);
-        }
-    }
-
-    /// Asks members whose record never arrived by broadcast for it directly. Broadcasts
-    /// reach almost everyone; this closes the gap in seconds instead of a push-pull period.
-    fn fetch_missing(&mut self) {
-        if self.settle_sync.is_some_and(|at| at <= Instant::now()) {
-            self.settle_sync = None;
-            self.push_pull_random();
-        }
-        if self.awaited.is_empty() {
-            return;
-        }
-        let snap = self.shared.state.snapshot();
-        // Still waiting while only the placeholder (version 0) is held.
-        self.awaited
-            .retain(|name, _| snap.node(name).is_none_or(|n| n.record.version == 0));
-        let now = Instant::now();
-        let due: Vec<NodeId> = self
-            .awaited
-            .values()
-            .filter(|(_, at)| *at <= now)
-            .map(|(id, _)| id.clone())
-            .take(MAX_FETCHES)
-            .collect();
-        for id in due {
-            // One try per member; the periodic push-pull covers the rest.
-            self.awaited.remove(&id.name);
-            if self.swim.iter_members().any(|m| m.id() == &id) {
-                tracing::debug!(node = %id.name, "record not received by broadcast; fetching it");
-                self.exchange(id.addr, false, None, false);
+    /// One round of `retry_join`: every target resolved and joined; the next round backs off.
+    async fn retry_join(&mut self) {
+        self.next_join = Some(Instant::now() + self.join_backoff);
+        self.join_backoff = (self.join_backoff * 2).min(JOIN_BACKOFF_MAX);
+        let me = self.node.id().gossip_addr();
+        let mut failures = Vec::new();
+        let mut asked = 0;
+        for t in self.retry_join.clone() {
+            match resolve(&t, self.default_port).await {
+                Ok(addrs) => {
+                    for a in addrs.into_iter().filter(|a| *a != me) {
+                        asked += 1;
+                        self.retry_pending += 1;
+                        let now = self.now();
+                        self.node.join(now, a);
+                    }
+                }
+                Err(e) => failures.push(format!("{t}: {e}")),
             }
         }
-    }
-
-    /// Forgets members that have been failed or left for longer than `reconnect_timeout`.
-    async fn reap(&mut self) {
-        let snap = self.shared.state.snapshot();
-        let now = self.shared.state.now_ms();
-        let limit = self.reconnect_timeout.as_millis() as u64;
-        let expired: Vec<String> = snap
-            .nodes()
-            .filter(|n| n.record.name != self.me.name && !n.status.is_up())
-            .filter(|n| now.saturating_sub(n.status_since_ms) >= limit)
-            .map(|n| n.record.name.clone())
-            .collect();
-        for name in expired {
-            tracing::info!(node = %name, "reaping member gone longer than reconnect_timeout");
-            self.forget(&name).await;
+        for f in &failures {
+            tracing::warn!(error = %f, "join target does not resolve");
         }
-        // Names that peers mentioned (records, leaves, partial records) but that are neither
-        // in the catalog nor members any more are dropped, so the ledger stays bounded.
-        let snap = self.shared.state.snapshot();
-        let members: std::collections::HashSet<String> = self
-            .swim
-            .iter_members()
-            .map(|m| m.id().name.clone())
-            .collect();
-        let me = self.me.name.clone();
-        self.ledger
-            .lock()
-            .retain_known(|n| n == me || members.contains(n) || snap.node(n).is_some());
+        if asked == 0 {
+            // Nothing to ask (names that do not resolve, or only this node's own address):
+            // the attempt is over, and the retry goes on.
+            if failures.is_empty() {
+                tracing::warn!("retry_join lists only this node");
+            }
+            self.first_join.send_replace(true);
+        }
     }
 
-    /// Tells the cluster we are leaving: a leave notice (so peers list us as left and
-    /// drop our services at once) and foca's own down notice.
+    /// Tells the cluster we are leaving, lets it go out, and records our stamps.
     async fn leave(&mut self) {
-        let item = Item::Leave {
-            id: self.me.clone(),
-        }
-        .encode();
-        if let Err(e) = self.swim.add_broadcast(&item) {
-            tracing::debug!(error = %e, "leave notice refused");
-        }
-        let mut rt = AccumulatingRuntime::new();
-        let _ = self.swim.broadcast(&mut rt);
-        let _ = self.swim.broadcast(&mut rt);
-        if let Err(e) = self.swim.leave_cluster(&mut rt) {
-            tracing::debug!(error = %e, "leave failed");
-        }
-        let members = self.swim.num_members();
-        self.flush(rt).await;
+        let now = self.now();
+        let members = self.node.members_up();
+        self.node.leave(now);
+        self.flush();
         // Wait (briefly) until the writer has sent everything queued.
         let deadline = Instant::now() + LEAVE_GRACE;
         while self.out.capacity() < self.out.max_capacity() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(dir) = &self.data_dir {
+            save_stamps(
+                dir,
+                Stamps {
+                    boot: self.node.id().boot(),
+                    version: self.node.version(),
+                },
+            );
+        }
         tracing::info!(members, "left the cluster");
     }
 }
@@ -994,5 +617,22 @@ mod tests {
             vec!["[::1]:8301".parse().unwrap()]
         );
         assert!(resolve("", 8301).await.is_err());
+    }
+
+    #[test]
+    fn stamps_survive_in_data_dir() {
+        let dir = std::env::temp_dir().join(format!("muster-stamps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load_stamps(&dir).is_none());
+        save_stamps(
+            &dir,
+            Stamps {
+                boot: 7,
+                version: 42,
+            },
+        );
+        let s = load_stamps(&dir).unwrap();
+        assert_eq!((s.boot, s.version), (7, 42));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

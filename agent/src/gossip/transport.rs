@@ -76,9 +76,14 @@ pub async fn udp_writer(
     }
 }
 
-/// Reads datagrams, opens them and hands payloads to the SWIM task. When that task falls
-/// behind, datagrams are dropped (SWIM tolerates loss) rather than queued without bound.
-pub async fn udp_reader(socket: Arc<UdpSocket>, keys: Keys, tx: mpsc::Sender<Vec<u8>>) {
+/// Reads datagrams, opens them and hands payloads (with who sent them) to the gossip task.
+/// When that task falls behind, datagrams are dropped (SWIM tolerates loss) rather than
+/// queued without bound.
+pub async fn udp_reader(
+    socket: Arc<UdpSocket>,
+    keys: Keys,
+    tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+) {
     // One byte more than the largest datagram, so an oversized one shows as a full buffer.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
@@ -98,7 +103,7 @@ pub async fn udp_reader(socket: Arc<UdpSocket>, keys: Keys, tx: mpsc::Sender<Vec
         }
         match keys.load().open(Place::Datagram, &buf[..n]) {
             Ok(opened) => {
-                if tx.try_send(opened.payload).is_err() {
+                if tx.try_send((from, opened.payload)).is_err() {
                     if tx.is_closed() {
                         return;
                     }

@@ -232,7 +232,12 @@ fn checks(call: &Call) -> ApiResult {
         let ix = entry.map(|e| e.check_indexes(&c.id)).unwrap_or_default();
         out.insert(
             c.id.clone(),
-            consul::health_check(&local.name, c, local.services.get(&c.service_id), ix),
+            consul::health_check(
+                &local.name,
+                c,
+                local.services.get(&c.service_id).map(|s| &**s),
+                ix,
+            ),
         );
     }
     Ok(Reply::json(&Value::Object(out)).with_index(snap.index()))

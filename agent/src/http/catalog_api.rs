@@ -117,7 +117,7 @@ pub async fn route(call: &Call) -> ApiResult {
             let mut list = Vec::new();
             for n in snap.nodes() {
                 let serf = consul::serf_health(n);
-                let checks = std::iter::once(&serf).chain(n.record.checks.values());
+                let checks = std::iter::once(&serf).chain(n.record.checks.values().map(|c| &**c));
                 for c in checks {
                     if want.is_none_or(|w| w == c.status) {
                         let ix = if c.id == serf.id {
@@ -128,7 +128,7 @@ pub async fn route(call: &Call) -> ApiResult {
                         list.push(consul::health_check(
                             &n.record.name,
                             c,
-                            n.record.services.get(&c.service_id),
+                            n.record.services.get(&c.service_id).map(|s| &**s),
                             ix,
                         ));
                     }

@@ -43,10 +43,10 @@ fn node(name: &str, ip: &str, services: Vec<Service>, checks: Vec<Check>) -> Nod
     let mut r = NodeRecord::new(name, "dc1", ip.parse().unwrap());
     r.version = 1;
     for s in services {
-        r.services.insert(s.id.clone(), s);
+        r.put_service(std::sync::Arc::new(s));
     }
     for c in checks {
-        r.checks.insert(c.id.clone(), c);
+        r.put_check(std::sync::Arc::new(c));
     }
     r
 }

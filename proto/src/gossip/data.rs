@@ -264,10 +264,8 @@ impl NodeData {
     /// version of it): every live entry is stamped again with a fresh version, tombstones are
     /// dropped and everything older is void.
     pub fn restamp_above(&mut self, version: u64) {
-        let live: Vec<(EntryKey, Value)> = self
-            .values()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let live: Vec<(EntryKey, Value)> =
+            self.values().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut fresh = NodeData {
             run: self.run,
             version,
@@ -688,7 +686,11 @@ mod tests {
             owner.author(&n, key(&id), Some(svc(&id, 1)));
             owner.author(&n, key(&id), None);
         }
-        assert!(owner.tombstones() <= MIN_TOMBSTONES * 2, "{}", owner.tombstones());
+        assert!(
+            owner.tombstones() <= MIN_TOMBSTONES * 2,
+            "{}",
+            owner.tombstones()
+        );
         assert!(owner.base > 1000);
         // A copy far behind gets the whole (empty) state.
         let d = owner.delta_since(&n, 5, 1).unwrap();

@@ -48,7 +48,10 @@ pub fn verdict_hash(v: &Verdict) -> u64 {
 pub enum Content {
     /// The change of `node` that ended at version `to`: handed out from the node's state we
     /// hold (the change itself is not kept twice).
-    Change { node: Name, to: u64 },
+    Change {
+        node: Name,
+        to: u64,
+    },
     Verdict(Verdict),
     /// Known (learnt by anti-entropy), nothing to hand out.
     Seen,
@@ -157,7 +160,9 @@ impl Wants {
             asked: None,
         });
         // Asked once and still missing a while later: ask whoever announces it next.
-        if w.asked.is_some_and(|at| now.saturating_sub(at) > Duration::from_millis(500)) {
+        if w.asked
+            .is_some_and(|at| now.saturating_sub(at) > Duration::from_millis(500))
+        {
             w.from = from;
             w.asked = None;
             w.first_seen = now;
@@ -166,7 +171,11 @@ impl Wants {
 
     /// Hashes due to be pulled, grouped by who announced them. `known` filters out what
     /// arrived meanwhile.
-    pub fn due(&mut self, now: Duration, known: impl Fn(u64) -> bool) -> Vec<(SocketAddr, Vec<u64>)> {
+    pub fn due(
+        &mut self,
+        now: Duration,
+        known: impl Fn(u64) -> bool,
+    ) -> Vec<(SocketAddr, Vec<u64>)> {
         self.map
             .retain(|h, w| !known(*h) && now.saturating_sub(w.first_seen) <= WINDOW * 2);
         let mut by_peer: Vec<(SocketAddr, Vec<u64>)> = Vec::new();
@@ -203,9 +212,13 @@ mod tests {
     fn changes_are_announced_then_forgotten_after_the_window() {
         let mut r = Recent::default();
         for i in 0..40u64 {
-            assert!(r.insert(at(i), i, Content::Verdict(super::super::wire::Verdict::ForceLeft(
-                super::super::identity::NodeId::new("x", "127.0.0.1:1".parse().unwrap(), i)
-            ))));
+            assert!(r.insert(
+                at(i),
+                i,
+                Content::Verdict(super::super::wire::Verdict::ForceLeft(
+                    super::super::identity::NodeId::new("x", "127.0.0.1:1".parse().unwrap(), i)
+                ))
+            ));
         }
         assert!(!r.insert(at(50), 3, Content::Seen));
         let mut seen = std::collections::BTreeSet::new();
@@ -215,7 +228,11 @@ mod tests {
             assert_eq!(a[0], 39, "newest first");
             seen.extend(a);
         }
-        assert_eq!(seen.len(), 40, "every change announced over a few datagrams");
+        assert_eq!(
+            seen.len(),
+            40,
+            "every change announced over a few datagrams"
+        );
         assert!(r.announce(at(5_000), 24).is_empty(), "no longer announced");
         assert!(r.knows(39), "still remembered");
         assert!(r.announce(at(20_000), 24).is_empty());
@@ -228,7 +245,10 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         w.note(at(0), 7, a);
-        assert!(w.due(at(10), |_| false).is_empty(), "waits for the change to arrive");
+        assert!(
+            w.due(at(10), |_| false).is_empty(),
+            "waits for the change to arrive"
+        );
         assert_eq!(w.due(at(100), |_| false), vec![(a, vec![7])]);
         assert!(w.due(at(200), |_| false).is_empty(), "asked once");
         w.note(at(700), 7, b);

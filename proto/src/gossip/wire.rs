@@ -142,6 +142,9 @@ pub enum SyncReply {
         buckets: Option<Vec<u64>>,
         /// The server's member table, on a join.
         members: Vec<foca::Member<NodeId>>,
+        /// On a join, the members the server holds as failed or left (a joiner lists them
+        /// too, as every member does).
+        departed: Vec<Summary>,
     },
     Deltas {
         /// What the client lacks (within the budget).
@@ -299,8 +302,11 @@ pub fn decode_reply(bytes: &[u8]) -> Result<SyncReply, WireError> {
     let r: SyncReply = decode(bytes, MAX_STREAM_FRAME)?;
     let items = match &r {
         SyncReply::Open {
-            buckets, members, ..
-        } => buckets.as_ref().map_or(0, |b| b.len()) + members.len(),
+            buckets,
+            members,
+            departed,
+            ..
+        } => buckets.as_ref().map_or(0, |b| b.len()) + members.len() + departed.len(),
         SyncReply::Deltas {
             deltas,
             wants,

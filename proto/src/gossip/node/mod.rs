@@ -84,10 +84,17 @@ pub(super) struct Claim {
 /// Something to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transmit {
-    Datagram { to: SocketAddr, bytes: Vec<u8> },
+    Datagram {
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
     /// Open a stream to `to`, send `bytes`, and hand the reply (or the failure) back with
     /// [`Node::handle_stream_reply`] and this id.
-    Stream { to: SocketAddr, id: u64, bytes: Vec<u8> },
+    Stream {
+        to: SocketAddr,
+        id: u64,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Something that happened, for the caller to apply (catalog, logs, disk).
@@ -458,7 +465,9 @@ impl Node {
         let boot = self.id().boot();
         self.own_left = boot;
         let name = self.cfg.name.clone();
-        let d = self.own.author(&name, EntryKey::Leave, Some(Value::Leave(boot)));
+        let d = self
+            .own
+            .author(&name, EntryKey::Leave, Some(Value::Leave(boot)));
         self.count_self();
         self.spread_new(now, d.clone(), None);
         // A second round to other members: nobody will be able to pull it from us.
@@ -711,7 +720,8 @@ impl Node {
 
     fn count_self(&mut self) {
         let name = self.cfg.name.clone();
-        let contribution = super::digest::node_hash(&name, (self.own.version, self.own.run, self.own_left));
+        let contribution =
+            super::digest::node_hash(&name, (self.own.version, self.own.run, self.own_left));
         let old = std::mem::replace(&mut self.peers.own_counted, contribution);
         self.digest.toggle(&name, old);
         self.digest.toggle(&name, contribution);
@@ -786,7 +796,11 @@ impl Node {
         }
         // Kept in deadline order.
         let at = now + delay;
-        let pos = self.gaps.iter().position(|(_, _, t)| *t > at).unwrap_or(self.gaps.len());
+        let pos = self
+            .gaps
+            .iter()
+            .position(|(_, _, t)| *t > at)
+            .unwrap_or(self.gaps.len());
         self.gaps.insert(pos, (node, from, at));
         self.schedule_fetch(at);
     }

@@ -17,9 +17,9 @@ use super::super::identity::NodeId;
 use super::super::intern::{self, Table as InternTable};
 use super::{Event, Node, MAX_VERSION_JUMP};
 use crate::model::MemberStatus;
+use hashbrown::HashTable;
 use rand10::rngs::StdRng;
 use rand10::RngExt;
-use hashbrown::HashTable;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,12 +256,7 @@ impl Table {
     }
 
     /// Up to `n` distinct random members that are up, never `except`.
-    pub fn random_up(
-        &self,
-        rng: &mut StdRng,
-        n: usize,
-        except: Option<SocketAddr>,
-    ) -> Vec<NodeId> {
+    pub fn random_up(&self, rng: &mut StdRng, n: usize, except: Option<SocketAddr>) -> Vec<NodeId> {
         let candidates = self.up.len();
         if candidates == 0 || n == 0 {
             return Vec::new();
@@ -292,11 +287,19 @@ impl Table {
     fn entry(&mut self, id: &NodeId, now: Duration) -> &mut Peer {
         let h = hash_name(id.name());
         if self.get(id.name()).is_none() {
-            self.map.insert_unique(h, Peer::new(id.clone(), now), peer_hash);
+            self.map
+                .insert_unique(h, Peer::new(id.clone(), now), peer_hash);
         }
         self.map
             .find_mut(h, |p| p.id.name() == id.name())
             .expect("inserted above")
+    }
+
+    /// A member another member holds as failed (or left, under `left_boot`), learnt at a join.
+    pub fn departed(&mut self, id: &NodeId, left_boot: u64, now: Duration) {
+        let peer = self.entry(id, now);
+        peer.swim = SwimState::Down;
+        peer.forced_boot = left_boot;
     }
 
     /// Takes a node's state from a saved view (see `Node::warm_start`).
@@ -311,7 +314,10 @@ impl Table {
 
     pub fn remove(&mut self, name: &str) -> Option<Peer> {
         self.set_up(name, false);
-        let p = match self.map.find_entry(hash_name(name), |p| p.id.name() == name) {
+        let p = match self
+            .map
+            .find_entry(hash_name(name), |p| p.id.name() == name)
+        {
             Ok(e) => e.remove().0,
             Err(_) => return None,
         };
@@ -335,14 +341,21 @@ impl Table {
             }
             self.unconfirmed += 1;
             // The address is learnt when SWIM confirms the node.
-            let placeholder = NodeId::new(delta.node.clone(), SocketAddr::from(([0, 0, 0, 0], 0)), 0);
+            let placeholder =
+                NodeId::new(delta.node.clone(), SocketAddr::from(([0, 0, 0, 0], 0)), 0);
             self.entry(&placeholder, now);
         }
         let Some(peer) = self.get_mut(&delta.node) else {
             return Err(DataError::Mismatch);
         };
         let held = peer.data.version.max(peer.data.ahead);
-        let top = delta.entries.iter().map(|e| e.version).max().unwrap_or(0).max(delta.to);
+        let top = delta
+            .entries
+            .iter()
+            .map(|e| e.version)
+            .max()
+            .unwrap_or(0)
+            .max(delta.to);
         if held > 0 && top > held.saturating_add(MAX_VERSION_JUMP) {
             return Ok(Applied {
                 changes: Vec::new(),
@@ -395,7 +408,12 @@ impl Node {
         self.refresh(now, id.name());
         if fetch_state {
             // Its state usually arrives pushed within milliseconds; if not, fetch it.
-            self.note_gap(now, id.name().clone(), id.gossip_addr(), super::RECORD_GRACE);
+            self.note_gap(
+                now,
+                id.name().clone(),
+                id.gossip_addr(),
+                super::RECORD_GRACE,
+            );
         }
     }
 
@@ -472,9 +490,9 @@ impl Node {
                     .iter_membership_state()
                     .filter(|m| m.state() == foca::State::Suspect && m.id().name() != name)
                     .count();
-                let held =
-                    self.protect
-                        .on_failure(name, now.as_millis() as u64, serving, suspects);
+                let held = self
+                    .protect
+                    .on_failure(name, now.as_millis() as u64, serving, suspects);
                 for h in held {
                     if let Some(p) = self.peers.get_mut(&h) {
                         p.held = true;

@@ -70,7 +70,8 @@ impl Node {
     fn peek_swim_header(&mut self, now: Duration, packet: &[u8]) {
         let mut buf = packet;
         let mut codec = foca::PostcardCodec;
-        let Ok(header) = foca::Codec::<super::super::identity::NodeId>::decode_header(&mut codec, &mut buf)
+        let Ok(header) =
+            foca::Codec::<super::super::identity::NodeId>::decode_header(&mut codec, &mut buf)
         else {
             return;
         };
@@ -139,7 +140,9 @@ impl Node {
         }
         let mut rt = AccumulatingRuntime::new();
         let suspected = foca::Member::new(c.target.clone(), c.incarnation, foca::State::Suspect);
-        let _ = self.swim.apply_many(std::iter::once(suspected), true, &mut rt);
+        let _ = self
+            .swim
+            .apply_many(std::iter::once(suspected), true, &mut rt);
         self.drain_swim(now, rt);
         // Our incarnation is now above the suspected one.
         let bytes = wire::alive_datagram(&super::super::wire::Alive {
@@ -192,7 +195,13 @@ impl Node {
     }
 
     /// Pushes a change to `n` random members (encoded once, sent to each).
-    pub(super) fn push_to(&mut self, _now: Duration, delta: &Delta, n: usize, except: Option<SocketAddr>) {
+    pub(super) fn push_to(
+        &mut self,
+        _now: Duration,
+        delta: &Delta,
+        n: usize,
+        except: Option<SocketAddr>,
+    ) {
         let targets = self.random_members(n, except);
         if targets.is_empty() {
             return;
@@ -299,13 +308,17 @@ impl Node {
             if self.sessions.len() >= super::MAX_SESSIONS {
                 // Over budget: try again shortly.
                 for (n, _, _) in wants {
-                    self.gaps.push_back((n, from, now + Duration::from_millis(100)));
+                    self.gaps
+                        .push_back((n, from, now + Duration::from_millis(100)));
                 }
                 continue;
             }
             self.start_fetch(now, from, wants);
         }
-        if let Some(at) = later.or_else(|| (!self.to_sync.is_empty() || !self.gaps.is_empty()).then_some(now + Duration::from_millis(100))) {
+        if let Some(at) = later.or_else(|| {
+            (!self.to_sync.is_empty() || !self.gaps.is_empty())
+                .then_some(now + Duration::from_millis(100))
+        }) {
             self.schedule_fetch(at);
         }
     }

@@ -150,9 +150,7 @@ impl Node {
         match (session.kind, reply) {
             (
                 Kind::Sync {
-                    join,
-                    server: _,
-                    ..
+                    join, server: _, ..
                 },
                 SyncReply::Open {
                     server,
@@ -160,6 +158,7 @@ impl Node {
                     root: _,
                     buckets,
                     members,
+                    departed,
                 },
             ) => {
                 if let Some(you) = you {
@@ -180,10 +179,15 @@ impl Node {
                 // The join's member table is no news to anyone; the server being alive (a
                 // later run of it, after a healed partition) may be.
                 let _ = self.swim.apply_many(members.into_iter(), false, &mut rt);
-                let _ = self
-                    .swim
-                    .apply_many(std::iter::once(Member::alive(server.clone())), true, &mut rt);
+                let _ = self.swim.apply_many(
+                    std::iter::once(Member::alive(server.clone())),
+                    true,
+                    &mut rt,
+                );
                 self.drain_swim(now, rt);
+                for s in &departed {
+                    self.learn_departed(now, s);
+                }
                 if join {
                     self.joined(session.to, Ok(()));
                     self.timers.schedule(now + SETTLE_AFTER, Tick::Settle);
@@ -340,7 +344,12 @@ impl Node {
     }
 
     /// A stream request from a peer; returns the reply to send (`None`: malformed, close).
-    pub fn handle_stream(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    pub fn handle_stream(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
         if self.left {
             return None;
         }
@@ -384,6 +393,11 @@ impl Node {
                     } else {
                         Vec::new()
                     },
+                    departed: if join {
+                        self.departed_summaries()
+                    } else {
+                        Vec::new()
+                    },
                 }
             }
             SyncRequest::Compare {
@@ -391,7 +405,10 @@ impl Node {
                 buckets,
                 nodes,
             } => self.compare(now, &buckets, &nodes),
-            SyncRequest::Push { from: client, deltas } => {
+            SyncRequest::Push {
+                from: client,
+                deltas,
+            } => {
                 for d in &deltas {
                     let news = self.apply_data(now, d, Some(from));
                     if news && &d.node == client.name() {
@@ -462,7 +479,10 @@ impl Node {
         let mut out = Vec::new();
         let mut bytes = 0;
         for (name, have, run) in wants.iter().take(wire::MAX_ITEMS) {
-            let Some(d) = self.data(name).and_then(|d| d.delta_since(name, *have, *run)) else {
+            let Some(d) = self
+                .data(name)
+                .and_then(|d| d.delta_since(name, *have, *run))
+            else {
                 continue;
             };
             let size = wire::encode(&d).len();
@@ -520,6 +540,31 @@ impl Node {
         })
     }
 
+    /// Summaries of the members we hold as failed or left, in name order.
+    fn departed_summaries(&self) -> Vec<Summary> {
+        self.peers
+            .names_sorted()
+            .iter()
+            .filter(|n| {
+                self.peers
+                    .get(n)
+                    .is_some_and(|p| p.status.is_some_and(|s| !s.is_up()))
+            })
+            .filter_map(|n| self.summary_of(n))
+            .collect()
+    }
+
+    /// A joiner learns who failed or left before it came: listed as such (SWIM probes
+    /// none of them; reconnecting tries the failed ones, and a member that is in fact up
+    /// shows itself as a later run).
+    fn learn_departed(&mut self, now: Duration, s: &Summary) {
+        if s.up || s.id.name() == &self.cfg.name || self.peers.get(s.id.name()).is_some() {
+            return;
+        }
+        self.peers.departed(&s.id, s.left_boot, now);
+        self.refresh(now, s.id.name());
+    }
+
     /// What a peer's summary teaches us: a member we did not know (or a later run of one),
     /// a force-leave we missed, or what the cluster holds of us.
     fn learn_summary(&mut self, now: Duration, s: &Summary) {
@@ -536,16 +581,20 @@ impl Node {
             );
             return;
         }
-        let known = self.peers.get(s.id.name()).map(|p| (p.id.boot(), p.status, p.left_boot()));
-        let newer_run = known.is_none_or(|(boot, status, _)| status.is_none() || s.id.boot() > boot);
+        let known = self
+            .peers
+            .get(s.id.name())
+            .map(|p| (p.id.boot(), p.status, p.left_boot()));
+        let newer_run =
+            known.is_none_or(|(boot, status, _)| status.is_none() || s.id.boot() > boot);
         if s.up && newer_run {
             // Hearsay of a live member: SWIM takes it from here (probes it, and declares it
             // down if it does not answer), and passes a later run of it on. Failed or left
             // hearsay never creates a member.
             let mut rt = AccumulatingRuntime::new();
-            let _ = self
-                .swim
-                .apply_many(std::iter::once(Member::alive(s.id.clone())), true, &mut rt);
+            let _ =
+                self.swim
+                    .apply_many(std::iter::once(Member::alive(s.id.clone())), true, &mut rt);
             self.drain_swim(now, rt);
         }
         if let Some((boot, _, left)) = known {
