@@ -810,7 +810,7 @@ async fn committer(
 fn within_bounds(l: &Local) -> Result<(), StateError> {
     if l.bytes > MAX_NODE_BYTES {
         return Err(StateError::Invalid(format!(
-            "refused: this node's services and checks would exceed {} KiB encoded; remove some first",
+            "refused: this node's services and checks would exceed {} KiB encoded, the most one node may gossip; remove some first",
             MAX_NODE_BYTES / 1024
         )));
     }
@@ -818,7 +818,7 @@ fn within_bounds(l: &Local) -> Result<(), StateError> {
         if let Some(v) = l.value(k) {
             if entry_size(&v) > MAX_ENTRY_BYTES {
                 return Err(StateError::Invalid(format!(
-                    "refused: one service or check may be at most {} KiB encoded",
+                    "refused: one service or check may be at most {} KiB encoded to gossip",
                     MAX_ENTRY_BYTES / 1024
                 )));
             }

@@ -145,6 +145,7 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
     // Sealing and opening read this shared keyring (keyring operations swap it); whether
     // gossip may run without a key was decided at start-up (`keyring::check_secure`).
     let keys = shared.keyring.keys();
+    transport::set_source_ip(config.bind_addr);
 
     // A boot stamp above any this node used before: the data directory remembers the last
     // one; without it the clock gives a guess, and peers that remember a later run teach the

@@ -320,6 +320,31 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reason: &str) {
     .await;
 }
 
+/// The address outgoing streams are opened from: the gossip bind address, when it names
+/// one. Without it the kernel would pick one (127.0.0.1 for every agent on a loopback
+/// test host), and a peer could not tell, or firewall, where a stream comes from.
+static SOURCE_IP: std::sync::OnceLock<IpAddr> = std::sync::OnceLock::new();
+
+/// Sets the address outgoing streams come from (once, at start).
+pub fn set_source_ip(ip: IpAddr) {
+    if !ip.is_unspecified() {
+        let _ = SOURCE_IP.set(ip);
+    }
+}
+
+async fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = SOURCE_IP.get().filter(|ip| ip.is_ipv4() == to.is_ipv4()) else {
+        return TcpStream::connect(to).await;
+    };
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(*ip, 0))?;
+    socket.connect(to).await
+}
+
 /// Client side: connect, send `body` as a frame of `kind`, read the reply frame.
 pub async fn exchange_kind(
     to: SocketAddr,
@@ -328,7 +353,7 @@ pub async fn exchange_kind(
     body: &[u8],
 ) -> Result<Frame, StreamError> {
     let run = async {
-        let mut s = TcpStream::connect(to).await?;
+        let mut s = connect(to).await?;
         s.set_nodelay(true)?;
         if let Err(e) = write_frame(&mut s, keys, kind, body).await {
             // A peer that stopped reading may have said why (a refusal), or may not be

@@ -40,7 +40,7 @@ pub type Name = CompactString;
 /// with its 4 KiB output). Bounds what one entry can make a peer hold.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// The largest state a node may author, encoded (services, checks and node info together).
-pub const MAX_NODE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_NODE_BYTES: usize = 1024 * 1024;
 /// The most entries (live and tombstones) one node's state may hold.
 pub const MAX_NODE_ENTRIES: usize = 32 * 1024;
 /// Ranges of changes held beyond a gap, at most (more wait for anti-entropy).
