@@ -92,6 +92,9 @@ enum Ev {
     },
 }
 
+/// Called with every event a node reports.
+type Observer = Box<dyn FnMut(&Sim, Seen<'_>)>;
+
 /// Something a host's node reported, as the observer sees it.
 pub struct Seen<'a> {
     pub at: Duration,
@@ -114,7 +117,7 @@ pub struct Sim {
     /// Settings every node starts from (name, address, boot, seed are per host).
     pub template: NodeConfig,
     /// Called with every event a node reports.
-    observer: Option<Box<dyn FnMut(&Sim, Seen<'_>)>>,
+    observer: Option<Observer>,
     /// Events handled.
     pub handled: u64,
 }

@@ -424,7 +424,7 @@ fn observe(log: &mut Log, sim: &Sim, seen: Seen<'_>) {
         }
         Event::Data { node, changes } => {
             if let Some(w) = log.watch.as_mut() {
-                if &w.node == node && w.arrived[seen.host].is_none() {
+                if w.node == *node && w.arrived[seen.host].is_none() {
                     let has = changes.iter().any(|(k, _)| *k == w.key)
                         && sim.hosts[seen.host]
                             .node

@@ -20,6 +20,8 @@
 mod peers;
 mod spread;
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use super::config::{swim_config, NodeConfig};
 use super::data::{Change, EntryKey, Name, NodeData, Value};
@@ -435,7 +437,7 @@ impl Node {
     pub fn warm_start(&mut self, now: Duration, view: Vec<(NodeId, std::sync::Arc<NodeData>)>) {
         let mut members = Vec::with_capacity(view.len());
         for (id, data) in view {
-            if id.name() == &self.cfg.name {
+            if id.name() == self.cfg.name {
                 continue;
             }
             let changes: Vec<Change> = data

@@ -385,7 +385,7 @@ impl Table {
 impl Node {
     /// SWIM says this identity is up.
     pub(super) fn swim_up(&mut self, now: Duration, id: NodeId) {
-        if id.name() == &self.cfg.name {
+        if id.name() == self.cfg.name {
             return;
         }
         let existed = self.peers.get(id.name()).map(|p| p.swim);
@@ -432,7 +432,7 @@ impl Node {
     /// Applies a force-leave verdict.
     pub(super) fn apply_verdict(&mut self, now: Duration, v: &super::super::wire::Verdict) {
         let super::super::wire::Verdict::ForceLeft(id) = v;
-        if id.name() == &self.cfg.name {
+        if id.name() == self.cfg.name {
             // We are alive and say so: a later boot refutes it.
             self.learn_self(
                 now,

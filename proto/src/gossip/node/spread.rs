@@ -53,7 +53,7 @@ impl Node {
             Datagram::Pull(pull) => self.answer_pull(now, from, pull),
             Datagram::Confirm(c) => self.answer_confirm(now, from, c),
             Datagram::Alive(a) => {
-                if a.id.name() != &self.cfg.name {
+                if a.id.name() != self.cfg.name {
                     // Only the member itself says this; it clears a suspicion that raced
                     // its refutation (the incarnation is above the suspected one).
                     let mut rt = AccumulatingRuntime::new();
@@ -76,7 +76,7 @@ impl Node {
             return;
         };
         let dst = &header.dst;
-        if dst.name() == &self.cfg.name
+        if dst.name() == self.cfg.name
             && dst.gossip_addr() == self.cfg.gossip_addr
             && dst.boot() > self.id().boot()
         {

@@ -363,7 +363,7 @@ impl Node {
         // Whoever opens a stream to us is alive (a joiner whose announce was lost, a member
         // back from the other side of a partition under a new boot stamp).
         let client = req.from().clone();
-        if client.name() != &self.cfg.name {
+        if client.name() != self.cfg.name {
             let mut rt = AccumulatingRuntime::new();
             let _ = self
                 .swim
@@ -411,7 +411,7 @@ impl Node {
             } => {
                 for d in &deltas {
                     let news = self.apply_data(now, d, Some(from));
-                    if news && &d.node == client.name() {
+                    if news && d.node == *client.name() {
                         // A member handing us its own changes (a joiner, mostly): they are
                         // news to the cluster, and the joiner knows few members yet.
                         self.spread_new(now, d.clone(), Some(from));
@@ -558,7 +558,7 @@ impl Node {
     /// none of them; reconnecting tries the failed ones, and a member that is in fact up
     /// shows itself as a later run).
     fn learn_departed(&mut self, now: Duration, s: &Summary) {
-        if s.up || s.id.name() == &self.cfg.name || self.peers.get(s.id.name()).is_some() {
+        if s.up || s.id.name() == self.cfg.name || self.peers.get(s.id.name()).is_some() {
             return;
         }
         self.peers.departed(&s.id, s.left_boot, now);
@@ -568,7 +568,7 @@ impl Node {
     /// What a peer's summary teaches us: a member we did not know (or a later run of one),
     /// a force-leave we missed, or what the cluster holds of us.
     fn learn_summary(&mut self, now: Duration, s: &Summary) {
-        if s.id.name() == &self.cfg.name {
+        if s.id.name() == self.cfg.name {
             self.learn_self(
                 now,
                 Claim {

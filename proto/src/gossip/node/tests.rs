@@ -1,0 +1,298 @@
+//! The node's rules, one by one, on a handful of nodes wired directly to each other: a
+//! lossless network with no latency, a clock moved by hand. (`muster-sim` runs the same
+//! node at fleet scale over a network that loses, delays and partitions.)
+
+use super::*;
+use crate::gossip::data::{EntryKey, Value};
+use crate::model::{MemberStatus, Service, Weights};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+struct Net {
+    nodes: Vec<Option<Node>>,
+    now: Duration,
+    /// Datagrams from→to for which this returns true are lost.
+    lose: Box<dyn Fn(usize, usize, &[u8]) -> bool>,
+    events: Vec<Vec<Event>>,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 9, 0, i as u8 + 1], 8301))
+}
+
+fn name(i: usize) -> String {
+    format!("n{i}")
+}
+
+fn config(i: usize, boot: u64) -> NodeConfig {
+    let mut c = NodeConfig::new(name(i), addr(i));
+    c.boot = boot;
+    c.seed = i as u64 + 1;
+    c.run = 1000 + boot;
+    c.reconnect_timeout = Duration::from_secs(120);
+    c
+}
+
+fn svc(id: &str, port: u16) -> (EntryKey, Option<Value>) {
+    (
+        EntryKey::Service(id.into()),
+        Some(Value::Service(Arc::new(Service {
+            id: id.into(),
+            name: "web".into(),
+            tags: vec![],
+            address: String::new(),
+            port,
+            meta: BTreeMap::new(),
+            weights: Weights::default(),
+            enable_tag_override: false,
+        }))),
+    )
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let mut net = Net {
+            nodes: (0..n).map(|_| None).collect(),
+            now: Duration::from_secs(1),
+            lose: Box::new(|_, _, _| false),
+            events: vec![Vec::new(); n],
+        };
+        for i in 0..n {
+            net.start(i, 1, if i == 0 { None } else { Some(0) });
+        }
+        net.run(Duration::from_secs(3));
+        net
+    }
+
+    fn start(&mut self, i: usize, boot: u64, join: Option<usize>) {
+        let mut node = Node::new(config(i, boot), self.now);
+        node.publish(self.now, vec![svc(&format!("web-{i}"), 8000 + i as u16)]);
+        if let Some(j) = join {
+            node.join(self.now, addr(j));
+        }
+        self.nodes[i] = Some(node);
+        self.pump();
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("running")
+    }
+
+    fn status(&self, at: usize, of: usize) -> Option<MemberStatus> {
+        self.node(at).member(&name(of)).map(|m| m.status)
+    }
+
+    /// Delivers everything sent, to quiescence.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                let Some(n) = self.nodes[i].as_mut() else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                while let Some(t) = n.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(e) = n.poll_event() {
+                    self.events[i].push(e);
+                }
+                for t in out {
+                    moved = true;
+                    let to = |a: SocketAddr| (0..self.nodes.len()).find(|&j| addr(j) == a);
+                    match t {
+                        Transmit::Datagram { to: a, bytes } => {
+                            let Some(j) = to(a) else { continue };
+                            if (self.lose)(i, j, &bytes) {
+                                continue;
+                            }
+                            if let Some(m) = self.nodes[j].as_mut() {
+                                m.handle_datagram(self.now, addr(i), &bytes);
+                            }
+                        }
+                        Transmit::Stream { to: a, id, bytes } => {
+                            let reply = to(a)
+                                .and_then(|j| self.nodes[j].as_mut())
+                                .and_then(|m| m.handle_stream(self.now, addr(i), &bytes));
+                            if let Some(n) = self.nodes[i].as_mut() {
+                                let r = reply.as_deref().ok_or_else(|| "refused".to_string());
+                                n.handle_stream_reply(self.now, id, r);
+                            }
+                        }
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Moves the clock in 10 ms steps, firing timers and delivering what they send.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(10);
+            for n in self.nodes.iter_mut().flatten() {
+                if n.poll_timeout().is_some_and(|t| t <= self.now) {
+                    n.handle_timeout(self.now);
+                }
+            }
+            self.pump();
+        }
+    }
+}
+
+#[test]
+fn a_member_is_listed_before_its_state_arrives_and_its_state_is_fetched() {
+    // n2's pushes never reach n0: n0 learns of n2 from SWIM, lists it at once, and
+    // fetches its state directly when it does not arrive pushed.
+    let mut net = Net::new(2);
+    net.lose = Box::new(|from, to, bytes| {
+        from == 2 && to == 0 && bytes[0] == crate::gossip::wire::KIND_PUSH
+    });
+    net.nodes.push(None);
+    net.events.push(Vec::new());
+    net.start(2, 1, Some(1));
+    net.run(Duration::from_millis(600));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Alive));
+    net.run(Duration::from_secs(2));
+    let d = net.node(0).data("n2").expect("state fetched");
+    assert!(d.get(&EntryKey::Service("web-2".into())).is_some());
+}
+
+#[test]
+fn a_change_travels_alone_and_the_higher_version_wins() {
+    let mut net = Net::new(3);
+    let now = net.now;
+    net.nodes[1]
+        .as_mut()
+        .unwrap()
+        .publish(now, vec![svc("web-1", 9999)]);
+    net.pump();
+    let d = net.node(2).data("n1").unwrap();
+    match d.get(&EntryKey::Service("web-1".into())) {
+        Some(Value::Service(s)) => assert_eq!(s.port, 9999),
+        other => panic!("{other:?}"),
+    }
+    // The change was pushed as one entry: a datagram, not the node's whole state.
+    assert!(net.node(1).stats().push_datagrams > 0);
+}
+
+#[test]
+fn a_graceful_leave_is_left_everywhere_and_a_restart_is_alive_again() {
+    let mut net = Net::new(3);
+    let now = net.now;
+    net.nodes[2].as_mut().unwrap().leave(now);
+    net.pump();
+    net.nodes[2] = None;
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Left));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
+    // The same node starts again (a later boot): alive, never "left".
+    net.start(2, 2, Some(0));
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Alive));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Alive));
+}
+
+#[test]
+fn a_crash_is_failed_then_forgotten_after_reconnect_timeout() {
+    let mut net = Net::new(3);
+    net.nodes[2] = None;
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
+    assert!(net.node(0).data("n2").is_some(), "last known state kept");
+    net.run(Duration::from_secs(130));
+    assert_eq!(net.status(0, 2), None, "reaped");
+    assert!(net.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::Forget { node } if node == "n2")));
+}
+
+#[test]
+fn force_leave_turns_a_failed_member_left_cluster_wide() {
+    let mut net = Net::new(3);
+    net.nodes[2] = None;
+    net.run(Duration::from_secs(20));
+    let now = net.now;
+    assert!(
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .force_leave(now, "n1", false)
+            .is_err(),
+        "alive"
+    );
+    net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .force_leave(now, "n2", false)
+        .unwrap();
+    net.pump();
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Left));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
+}
+
+#[test]
+fn a_restart_with_a_lower_boot_stamp_moves_above_what_peers_remember() {
+    let mut net = Net::new(3);
+    // A second run of n2 with a clock-based boot stamp of 9, then a crash: the others hold
+    // n2#9 as failed.
+    net.nodes[2] = None;
+    net.start(2, 9, Some(0));
+    net.run(Duration::from_secs(2));
+    let before = net.node(2).id().boot();
+    let old_version = net.node(2).version();
+    net.nodes[2] = None;
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
+    // A run that remembers nothing and whose clock went back: boot 1, version 0.
+    let mut cfg = config(2, 1);
+    cfg.run = 77;
+    let mut node = Node::new(cfg, net.now);
+    node.publish(net.now, vec![svc("fresh", 1)]);
+    node.join(net.now, addr(0));
+    net.nodes[2] = Some(node);
+    net.pump();
+    net.run(Duration::from_secs(2));
+    assert!(net.node(2).id().boot() > before);
+    assert!(net.node(2).version() > old_version);
+    for at in [0, 1] {
+        assert_eq!(net.status(at, 2), Some(MemberStatus::Alive));
+        let d = net.node(at).data("n2").unwrap();
+        assert!(d.get(&EntryKey::Service("fresh".into())).is_some());
+        assert!(
+            d.get(&EntryKey::Service("web-2".into())).is_none(),
+            "an entry of the earlier run survived"
+        );
+    }
+}
+
+#[test]
+fn claims_far_ahead_are_refused_and_counted() {
+    let mut net = Net::new(2);
+    let forged = crate::gossip::wire::push_datagram(&crate::gossip::wire::Push {
+        deltas: vec![crate::gossip::data::Delta {
+            node: "n1".into(),
+            run: 1001,
+            from: 1 << 40,
+            to: (1 << 40) + 1,
+            full: false,
+            entries: vec![crate::gossip::data::WireEntry {
+                key: EntryKey::Service("evil".into()),
+                version: (1 << 40) + 1,
+                value: None,
+            }],
+        }],
+        relay: true,
+        ..Default::default()
+    });
+    let now = net.now;
+    net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_datagram(now, addr(1), &forged);
+    assert_eq!(net.node(0).stats().implausible, 1);
+    assert!(net.node(0).data("n1").unwrap().version < 1 << 40);
+}
