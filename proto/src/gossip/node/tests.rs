@@ -8,11 +8,14 @@ use crate::model::{MemberStatus, Service, Weights};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Which datagrams (from, to, bytes) the network loses.
+type Loss = Box<dyn Fn(usize, usize, &[u8]) -> bool>;
+
 struct Net {
     nodes: Vec<Option<Node>>,
     now: Duration,
     /// Datagrams from→to for which this returns true are lost.
-    lose: Box<dyn Fn(usize, usize, &[u8]) -> bool>,
+    lose: Loss,
     events: Vec<Vec<Event>>,
 }
 
