@@ -121,6 +121,21 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
         state.restore(loaded).await;
         crate::checks::process::judge_restored(&state).await;
     }
+    // TTL checks restored above are judged from the clock stamp the previous run left; from
+    // here on this run stamps the clock itself (see `checks::ttl`).
+    let restored_ttl = match &config.data_dir {
+        Some(dir) => {
+            let stamp = crate::checks::ttl::read_stamp(dir);
+            let deadlines = crate::checks::ttl::judge_restored(&state, stamp).await;
+            crate::checks::ttl::write_stamp(dir, false);
+            deadlines
+        }
+        None => Default::default(),
+    };
+    let stamper = config
+        .data_dir
+        .clone()
+        .map(crate::checks::ttl::spawn_stamper);
     let (services, skipped) = crate::checks::process::bind_config_services(config.services.clone());
     for reason in &skipped {
         tracing::warn!("config: {reason}");
@@ -163,7 +178,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     );
     let http_task = tokio::spawn(http.serve(shared.clone()));
     let dns_task = tokio::spawn(dns.serve(shared.clone()));
-    let checks_task = crate::checks::spawn(shared.clone());
+    let checks_task = crate::checks::spawn(shared.clone(), restored_ttl);
 
     // ---- Readiness (systemd Type=notify) ----
     // Every listener (gossip, HTTP, DNS) is bound above this point: READY=1 tells systemd,
@@ -217,6 +232,12 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
     let _ = http_task.await;
     let _ = dns_task.await;
     let _ = checks_task.await;
+    // No TTL refresh can arrive any more: the last stamp says exactly when we stopped.
+    if let (Some(stamper), Some(dir)) = (stamper, &config.data_dir) {
+        stamper.abort();
+        let _ = stamper.await;
+        crate::checks::ttl::write_stamp(dir, true);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod process;
 pub mod protect;
 pub mod status_page;
+pub mod ttl;
 pub mod validate;
 
 pub use catalog::{Catalog, Instance, NodeEntry, Snapshot};

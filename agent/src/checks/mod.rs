@@ -10,6 +10,7 @@
 pub mod probe;
 pub mod process;
 mod tls;
+pub mod ttl;
 
 use crate::agent::{Shared, Stop};
 use crate::state::State;
@@ -31,8 +32,10 @@ pub const OUTPUT_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the supervisor. It stops, with all runners, when the agent stops.
-pub fn spawn(shared: Shared) -> JoinHandle<()> {
-    tokio::spawn(supervise(shared))
+/// `restored_ttl`: when each TTL check restored from `data_dir` runs out unless refreshed
+/// (see [`ttl::judge_restored`]); other TTL checks get one TTL from their runner's start.
+pub fn spawn(shared: Shared, restored_ttl: HashMap<String, Instant>) -> JoinHandle<()> {
+    tokio::spawn(supervise(shared, restored_ttl))
 }
 
 /// What a runner was started for; a different plan means a restart.
@@ -55,7 +58,7 @@ impl Drop for Runner {
     }
 }
 
-async fn supervise(shared: Shared) {
+async fn supervise(shared: Shared, mut restored_ttl: HashMap<String, Instant>) {
     let state = shared.state.clone();
     let mut records = state.local_record();
     let mut stop = shared.stop_rx();
@@ -66,7 +69,13 @@ async fn supervise(shared: Shared) {
     loop {
         let record = records.borrow_and_update().clone();
         let scripts_enabled = shared.config.load().enable_script_checks;
-        reconcile(&state, &record, scripts_enabled, &mut runners);
+        reconcile(
+            &state,
+            &record,
+            scripts_enabled,
+            &mut runners,
+            &mut restored_ttl,
+        );
         track_critical(&record, Instant::now(), &mut critical_since);
         tokio::select! {
             r = records.changed() => if r.is_err() { break },
@@ -92,12 +101,14 @@ async fn supervise(shared: Shared) {
 }
 
 /// Makes the runners match the record: one per active check, restarted when its
-/// definition changed, stopped when the check is gone.
+/// definition changed, stopped when the check is gone. A restored TTL deadline is used by
+/// the first runner of its check only.
 fn reconcile(
     state: &Arc<State>,
     record: &NodeRecord,
     scripts_enabled: bool,
     runners: &mut HashMap<String, Runner>,
+    restored_ttl: &mut HashMap<String, Instant>,
 ) {
     runners.retain(|id, r| {
         record
@@ -117,6 +128,7 @@ fn reconcile(
             state.clone(),
             id.clone(),
             plan.clone(),
+            restored_ttl.remove(id),
             state.ttl_refreshes(),
         ));
         runners.insert(id.clone(), Runner { plan, task });
@@ -138,10 +150,19 @@ fn plan_for(kind: &CheckKind, scripts_enabled: bool) -> Option<Plan> {
 }
 
 /// One check's life. `refreshes` is subscribed before the task starts so that no TTL
-/// refresh between start and first poll is missed.
-async fn run(state: Arc<State>, id: String, plan: Plan, refreshes: broadcast::Receiver<String>) {
+/// refresh between start and first poll is missed; `ttl_deadline` is a restored TTL
+/// check's first deadline.
+async fn run(
+    state: Arc<State>,
+    id: String,
+    plan: Plan,
+    ttl_deadline: Option<Instant>,
+    refreshes: broadcast::Receiver<String>,
+) {
     let (interval_ms, timeout_ms) = match &plan.kind {
-        CheckKind::Ttl { ttl_ms } => return run_ttl(&state, &id, *ttl_ms, refreshes).await,
+        CheckKind::Ttl { ttl_ms } => {
+            return ttl::run(&state, &id, *ttl_ms, ttl_deadline, refreshes).await
+        }
         CheckKind::Process { pid, start_time } => {
             return process::run(&state, &id, *pid, *start_time).await
         }
@@ -254,47 +275,6 @@ impl OutputLimiter {
 
     fn published(&mut self, now: Instant) {
         self.last_publish = Some(now);
-    }
-}
-
-/// A TTL check: critical once `ttl_ms` pass without a refresh through the API. The timer
-/// starts when the runner starts (registration, definition change, or agent start after a
-/// restore), so a restored passing TTL check gets one full TTL to be refreshed.
-async fn run_ttl(state: &State, id: &str, ttl_ms: u64, mut refreshes: broadcast::Receiver<String>) {
-    let ttl = Duration::from_millis(ttl_ms.max(1));
-    let mut deadline = Some(Instant::now() + ttl);
-    loop {
-        let expiry = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            // A refresh that is ready wins over an expiry at the same moment.
-            biased;
-            r = refreshes.recv() => match r {
-                Ok(refreshed) if refreshed == id => deadline = Some(Instant::now() + ttl),
-                Ok(_) => {}
-                // Missed announcements may have included ours: count them as a refresh,
-                // which at worst delays this expiry by one TTL under a refresh storm.
-                Err(broadcast::error::RecvError::Lagged(_)) => deadline = Some(Instant::now() + ttl),
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            () = expiry => {
-                deadline = None;
-                let last = state.local().checks.get(id).map(|c| c.output.clone()).unwrap_or_default();
-                let output = if last.is_empty() {
-                    "TTL expired".to_string()
-                } else {
-                    format!("TTL expired (last output before timeout follows): {last}")
-                };
-                let output = probe::output_text(output.as_bytes());
-                if let Err(e) = state.update_check(id, HealthStatus::Critical, output).await {
-                    tracing::debug!(check = %id, error = %e, "TTL expiry not applied");
-                }
-            }
-        }
     }
 }
 
@@ -458,7 +438,7 @@ mod tests {
             sc,
         ]);
         let mut runners = HashMap::new();
-        reconcile(&state, &r, true, &mut runners);
+        reconcile(&state, &r, true, &mut runners, &mut HashMap::new());
         let mut ids: Vec<&String> = runners.keys().collect();
         ids.sort();
         assert_eq!(ids, ["a", "sc"], "internal checks have no runner");
@@ -467,20 +447,20 @@ mod tests {
         let sc_task = task_id(&runners, "sc");
 
         // Same definitions: the same runners stay.
-        reconcile(&state, &r, true, &mut runners);
+        reconcile(&state, &r, true, &mut runners, &mut HashMap::new());
         assert_eq!(task_id(&runners, "a"), a_task);
         // A changed definition restarts that runner only; so does disabling scripts.
         let mut a = Check::clone(&r.checks["a"]);
         a.kind = CheckKind::Ttl { ttl_ms: 5 };
         r.put_check(std::sync::Arc::new(a));
-        reconcile(&state, &r, true, &mut runners);
+        reconcile(&state, &r, true, &mut runners, &mut HashMap::new());
         assert_ne!(task_id(&runners, "a"), a_task);
         assert_eq!(task_id(&runners, "sc"), sc_task);
-        reconcile(&state, &r, false, &mut runners);
+        reconcile(&state, &r, false, &mut runners, &mut HashMap::new());
         assert_ne!(task_id(&runners, "sc"), sc_task);
         // A removed check loses its runner.
         r.remove_check("a");
-        reconcile(&state, &r, false, &mut runners);
+        reconcile(&state, &r, false, &mut runners, &mut HashMap::new());
         assert!(!runners.contains_key("a"));
         assert!(runners.contains_key("sc"));
     }
@@ -493,60 +473,5 @@ mod tests {
             BTreeMap::new(),
             None,
         )
-    }
-
-    async fn status(state: &State, id: &str) -> (HealthStatus, String) {
-        let c = state.local().checks[id].clone();
-        (c.status, c.output.clone())
-    }
-
-    /// The TTL timer under tokio's paused clock: expiry, and refreshes that change nothing
-    /// in the record still pushing the expiry back.
-    #[tokio::test(start_paused = true)]
-    async fn ttl_expires_unless_refreshed() {
-        let state = ttl_state();
-        let mut c = check("hb", "", HealthStatus::Passing, 0);
-        c.kind = CheckKind::Ttl { ttl_ms: 10_000 };
-        state.register_check(c).await.unwrap();
-        let task = tokio::spawn({
-            let state = state.clone();
-            let rx = state.ttl_refreshes();
-            async move { run_ttl(&state, "hb", 10_000, rx).await }
-        });
-        // Refresh with the same status and output every 6 s for a minute: never expires.
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            assert_eq!(status(&state, "hb").await.0, HealthStatus::Passing);
-            state.ttl_refreshed("hb");
-            assert!(!state
-                .update_check("hb", HealthStatus::Passing, String::new())
-                .await
-                .unwrap());
-        }
-        // Another check's refresh does not count.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        state.ttl_refreshed("other");
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(
-            status(&state, "hb").await,
-            (HealthStatus::Critical, "TTL expired".to_string())
-        );
-        // A pass brings it back, with its note kept in the expiry message next time.
-        state.ttl_refreshed("hb");
-        state
-            .update_check("hb", HealthStatus::Passing, "alive".into())
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(status(&state, "hb").await.0, HealthStatus::Passing);
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        assert_eq!(
-            status(&state, "hb").await,
-            (
-                HealthStatus::Critical,
-                "TTL expired (last output before timeout follows): alive".to_string()
-            )
-        );
-        task.abort();
     }
 }
