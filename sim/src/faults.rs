@@ -27,6 +27,8 @@ pub struct Report {
     pub stamp_moves: usize,
     /// Samples taken of every node's answers (partition heal).
     pub samples: usize,
+    /// Until no node flagged any answer stale any more (partition heal).
+    pub unflagged_after: Duration,
 }
 
 fn small_fleet(nodes: usize, seed: u64, loss: f64) -> Result<Fleet, String> {
@@ -99,6 +101,7 @@ pub fn clock_jump(seed: u64, shift: i64, data_dir: bool) -> Result<Report, Strin
         converged_after: took,
         stamp_moves: moves,
         samples: 0,
+        unflagged_after: Duration::ZERO,
     })
 }
 
@@ -138,6 +141,7 @@ pub fn rolling_restart(seed: u64, nodes: usize, data_dir: bool) -> Result<Report
         converged_after: took,
         stamp_moves: moves,
         samples: 0,
+        unflagged_after: Duration::ZERO,
     })
 }
 
@@ -224,10 +228,44 @@ pub fn partition_heal(seed: u64, nodes: usize, cut: Duration) -> Result<Report, 
         }
         f.sim.run_for(Duration::from_millis(100));
     }
+    let converged_after = f.sim.now - heal;
+    // Once everything is right, the stale flags go too (an answer flagged for no reason
+    // makes clients with a staleness limit look elsewhere).
+    let flagged = |f: &Fleet| {
+        f.sim.hosts.iter().find_map(|h| {
+            let n = h.node.as_ref()?;
+            let stale: Vec<String> = n
+                .members()
+                .filter(|m| m.stale)
+                .map(|m| m.name.to_string())
+                .collect();
+            (n.protect_active() || !stale.is_empty()).then(|| {
+                format!(
+                    "{} (protect mode {}, stale members {stale:?})",
+                    h.name,
+                    n.protect_active()
+                )
+            })
+        })
+    };
+    while let Some(who) = flagged(&f) {
+        if f.sim.now - heal > converged_after + UNFLAG_AFTER {
+            return Err(format!(
+                "seed {seed}: converged {:.1} s after the heal, yet {who} still flags answers stale {:.1} s after it",
+                converged_after.as_secs_f64(),
+                (f.sim.now - heal).as_secs_f64()
+            ));
+        }
+        f.sim.run_for(Duration::from_millis(100));
+    }
     let moves = f.log.borrow().stamps.len();
     Ok(Report {
-        converged_after: f.sim.now - heal,
+        converged_after,
         stamp_moves: moves,
         samples,
+        unflagged_after: f.sim.now - heal,
     })
 }
+
+/// How long after convergence answers may stay flagged stale after a heal.
+const UNFLAG_AFTER: Duration = Duration::from_secs(2);

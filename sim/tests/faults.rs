@@ -7,13 +7,17 @@ const SEEDS: u64 = 100;
 
 fn all_seeds(name: &str, f: impl Fn(u64) -> Result<faults::Report, String>) {
     let mut worst = Duration::ZERO;
+    let mut unflagged = Duration::ZERO;
     let mut moves = 0;
     for seed in 0..SEEDS {
         let r = f(seed).unwrap_or_else(|e| panic!("{name}: {e}"));
         worst = worst.max(r.converged_after);
+        unflagged = unflagged.max(r.unflagged_after);
         moves = moves.max(r.stamp_moves);
     }
-    println!("{name}: {SEEDS} seeds, converged within {worst:?}, at most {moves} stamp moves");
+    println!(
+        "{name}: {SEEDS} seeds, converged within {worst:?}, unflagged within {unflagged:?}, at most {moves} stamp moves"
+    );
 }
 
 #[test]

@@ -406,6 +406,17 @@ impl Node {
             peer.set_returned(Some(now));
         }
         self.refresh(now, id.name());
+        if restarted {
+            // Reconcile with it at once, as with a member back from a failure: otherwise the
+            // flag stays until some other reconciliation or `RETURN_STALE_MAX`, and a member
+            // that only renewed its boot stamp (it refuted being declared down on the other
+            // side of a healed partition) keeps answers flagged for no reason.
+            let name = id.name().clone();
+            if !self.to_sync.contains(&name) {
+                self.to_sync.push_back(name);
+            }
+            self.schedule_fetch(now);
+        }
         if fetch_state {
             // Its state usually arrives pushed within milliseconds; if not, fetch it.
             self.note_gap(
