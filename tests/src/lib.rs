@@ -74,6 +74,8 @@ pub struct AgentSpec {
     pub dev: bool,
     pub data_dir: Option<PathBuf>,
     pub extra: Vec<String>,
+    /// Environment variables set for the agent's process (e.g. to preload libfaketime).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -88,6 +90,7 @@ impl AgentSpec {
             dev: true,
             data_dir: None,
             extra: vec![],
+            env: vec![],
         }
     }
 
@@ -98,6 +101,12 @@ impl AgentSpec {
 
     pub fn args(mut self, a: &[&str]) -> Self {
         self.extra.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets an environment variable for the agent's process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -187,6 +196,7 @@ impl Agent {
             .stdout(f.try_clone().unwrap())
             .stderr(f)
             .env("RUST_BACKTRACE", "1")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn muster");
         Agent {
