@@ -30,6 +30,9 @@ pub struct NodeConfig {
     pub reconnect_timeout: Duration,
     /// Local health awareness (see `health`). Off only to measure what it changes.
     pub lifeguard: bool,
+    /// Ask a suspect directly before declaring it down (see `Node::last_check`). Off only to
+    /// measure what it changes.
+    pub last_check: bool,
     pub protect: ProtectPolicy,
 }
 
@@ -46,6 +49,7 @@ impl NodeConfig {
             sync_interval: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(72 * 3600),
             lifeguard: true,
+            last_check: true,
             protect: ProtectPolicy::default(),
         }
     }

@@ -433,24 +433,15 @@ impl Node {
     /// of each — instead of learning it all through joins: what a node restarted with a
     /// persisted catalog would do, and how the simulator sets up a formed fleet of thousands
     /// without replaying thousands of whole-catalog joins. SWIM then probes every member and
-    /// anti-entropy brings in whatever changed since the view was taken.
+    /// anti-entropy brings in whatever changed since the view was taken. The caller holds
+    /// those states already: no `Data` event is reported for them.
     pub fn warm_start(&mut self, now: Duration, view: Vec<(NodeId, std::sync::Arc<NodeData>)>) {
         let mut members = Vec::with_capacity(view.len());
         for (id, data) in view {
             if id.name() == self.cfg.name {
                 continue;
             }
-            let changes: Vec<Change> = data
-                .values()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
             self.peers.adopt(&id, data, now);
-            if !changes.is_empty() {
-                self.events.push_back(Event::Data {
-                    node: id.name().clone(),
-                    changes,
-                });
-            }
             members.push(foca::Member::alive(id));
         }
         let mut rt = AccumulatingRuntime::new();
@@ -635,6 +626,9 @@ impl Node {
     /// instead of being declared down because its refutation never reached us. Returns
     /// whether the verdict should wait for the answer (false: the check was already made).
     fn last_check(&mut self, _now: Duration, suspect: &NodeId, incarnation: u16) -> bool {
+        if !self.cfg.last_check {
+            return false;
+        }
         let key = (suspect.clone(), incarnation);
         if self.confirming.remove(&key) {
             return false;

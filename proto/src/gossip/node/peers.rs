@@ -63,17 +63,16 @@ pub struct MemberView {
     pub since: Duration,
 }
 
+/// One member, kept small: every member of a 10,000-node simulation holds 10,000 of these.
 pub(super) struct Peer {
     pub id: NodeId,
     pub data: Arc<NodeData>,
-    /// Boot stamp of an operator's force-leave (0: none).
-    pub forced_boot: u64,
-    /// When `status` last changed (ms on the caller's clock).
-    since_ms: u64,
-    /// Back after a failure, state not yet reconciled: since when (ms + 1; 0: not).
-    returned_ms: u64,
     /// What this peer contributes to the digest (0: nothing).
     counted: u64,
+    /// What few members need (a force-leave, a return not yet reconciled).
+    extra: Option<Box<Extra>>,
+    /// When `status` last changed (seconds on the caller's clock).
+    since_s: u32,
     /// Fingerprint of what the caller was last told (0: nothing).
     told: u32,
     /// Index in the table's list of up members (u32::MAX: not up).
@@ -84,8 +83,20 @@ pub(super) struct Peer {
     pub held: bool,
 }
 
+#[derive(Default)]
+struct Extra {
+    /// Boot stamp of an operator's force-leave (0: none).
+    forced_boot: u64,
+    /// Back after a failure, state not yet reconciled: since when (ms + 1; 0: not).
+    returned_ms: u64,
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u64::from(u32::MAX)) as u32
 }
 
 impl Peer {
@@ -93,10 +104,9 @@ impl Peer {
         Peer {
             id,
             data: Arc::new(NodeData::new()),
-            forced_boot: 0,
-            since_ms: ms(now),
-            returned_ms: 0,
             counted: 0,
+            extra: None,
+            since_s: secs(now),
             told: 0,
             slot: u32::MAX,
             swim: SwimState::Unknown,
@@ -105,16 +115,49 @@ impl Peer {
         }
     }
 
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the extra fields once none is set.
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.forced_boot == 0 && e.returned_ms == 0)
+        {
+            self.extra = None;
+        }
+    }
+
+    pub fn forced_boot(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.forced_boot)
+    }
+
+    pub fn set_forced_boot(&mut self, boot: u64) {
+        self.extra_mut().forced_boot = boot;
+        self.tidy();
+    }
+
     pub fn left_boot(&self) -> u64 {
-        self.data.left_boot().unwrap_or(0).max(self.forced_boot)
+        self.data.left_boot().unwrap_or(0).max(self.forced_boot())
+    }
+
+    fn returned_ms(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.returned_ms)
     }
 
     pub fn returned(&self) -> Option<Duration> {
-        (self.returned_ms > 0).then(|| Duration::from_millis(self.returned_ms - 1))
+        let r = self.returned_ms();
+        (r > 0).then(|| Duration::from_millis(r - 1))
     }
 
     pub fn set_returned(&mut self, at: Option<Duration>) {
-        self.returned_ms = at.map_or(0, |t| ms(t) + 1);
+        if at.is_none() && self.extra.is_none() {
+            return;
+        }
+        self.extra_mut().returned_ms = at.map_or(0, |t| ms(t) + 1);
+        self.tidy();
     }
 
     /// The rule.
@@ -140,8 +183,8 @@ impl Peer {
             boot: self.id.boot(),
             status,
             served: status.is_up() || self.held,
-            stale: self.held || self.returned_ms > 0,
-            since: Duration::from_millis(self.since_ms),
+            stale: self.held || self.returned_ms() > 0,
+            since: Duration::from_secs(u64::from(self.since_s)),
         })
     }
 
@@ -153,9 +196,9 @@ impl Peer {
         let mut buf = [0u8; 28];
         buf[0] = status.code();
         buf[1] = u8::from(status.is_up() || self.held);
-        buf[2] = u8::from(self.held || self.returned_ms > 0);
+        buf[2] = u8::from(self.held || self.returned_ms() > 0);
         buf[3..11].copy_from_slice(&self.id.boot().to_le_bytes());
-        buf[11..19].copy_from_slice(&self.since_ms.to_le_bytes());
+        buf[11..19].copy_from_slice(&u64::from(self.since_s).to_le_bytes());
         let addr = self.id.gossip_addr();
         buf[19..21].copy_from_slice(&addr.port().to_le_bytes());
         let ip = match addr.ip() {
@@ -299,7 +342,7 @@ impl Table {
     pub fn departed(&mut self, id: &NodeId, left_boot: u64, now: Duration) {
         let peer = self.entry(id, now);
         peer.swim = SwimState::Down;
-        peer.forced_boot = left_boot;
+        peer.set_forced_boot(left_boot);
     }
 
     /// Takes a node's state from a saved view (see `Node::warm_start`).
@@ -444,8 +487,8 @@ impl Node {
             return;
         }
         if let Some(p) = self.peers.get_mut(id.name()) {
-            if id.boot() >= p.id.boot() && id.boot() > p.forced_boot {
-                p.forced_boot = id.boot();
+            if id.boot() >= p.id.boot() && id.boot() > p.forced_boot() {
+                p.set_forced_boot(id.boot());
                 self.refresh(now, id.name());
             }
         }
@@ -461,7 +504,7 @@ impl Node {
         let after = peer.derive();
         if before != after {
             peer.status = after;
-            peer.since_ms = ms(now);
+            peer.since_s = secs(now);
         }
         if peer
             .returned()
@@ -616,7 +659,7 @@ impl Node {
             .peers
             .iter()
             .filter(|p| {
-                let since = Duration::from_millis(p.since_ms);
+                let since = Duration::from_secs(u64::from(p.since_s));
                 match p.status {
                     None => now.saturating_sub(since) > UNCONFIRMED_TTL,
                     Some(s) => !s.is_up() && now.saturating_sub(since) >= limit,
