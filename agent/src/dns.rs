@@ -11,9 +11,9 @@
 //! go to the configured recursors, on the tokio runtime so a slow upstream never stalls a
 //! UDP thread.
 
-use crate::agent::{Shared, Stop};
 use crate::config::{Config, DnsConfig};
 use crate::metrics::METRICS;
+use crate::shared::{Shared, Stop};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::Name;
 use muster_proto::dns::{self, fast, Action, DnsSettings, Lookup, Transport};

@@ -11,6 +11,7 @@ mod gossip;
 mod http;
 mod keyring;
 mod metrics;
+mod shared;
 mod state;
 mod store;
 

@@ -14,7 +14,7 @@ mod operator_api;
 mod ui;
 mod ui_api;
 
-use crate::agent::{Shared, Stop};
+use crate::shared::{Shared, Stop};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
