@@ -14,6 +14,7 @@ mod metrics;
 mod shared;
 mod state;
 mod store;
+mod waiters;
 
 use clap::Parser;
 
