@@ -186,10 +186,20 @@ pub struct Node {
     fetch_at: Option<Duration>,
     /// Members to sync with soon (returned after a failure, or holding a gap), in order.
     to_sync: VecDeque<Name>,
-    /// Nodes with a gap to fetch: (node, from whom, when).
-    gaps: VecDeque<(Name, SocketAddr, Duration)>,
+    /// Nodes with changes to fetch, in deadline order.
+    gaps: VecDeque<Gap>,
     /// Suspects asked "are you alive?" whose down verdict waits for the answer.
     confirming: rustc_hash::FxHashSet<(NodeId, u16)>,
+}
+
+/// A node whose changes up to `want` we lack: fetched from `from` at `at` unless they
+/// arrive first.
+#[derive(Clone, Debug)]
+struct Gap {
+    node: Name,
+    from: SocketAddr,
+    at: Duration,
+    want: u64,
 }
 
 impl Node {
@@ -396,18 +406,22 @@ impl Node {
         let mut merged: Option<super::data::Delta> = None;
         for (key, value) in changes {
             let d = self.own.author(&name, key, value);
-            merged = Some(match merged {
-                None => d,
-                Some(mut m) => {
-                    m.entries.retain(|e| e.key != d.entries[0].key);
+            match &mut merged {
+                None => merged = Some(d),
+                Some(m) => {
                     m.to = d.to;
                     m.entries.extend(d.entries);
-                    m
                 }
-            });
+            }
         }
         self.count_self();
-        if let Some(d) = merged {
+        if let Some(mut d) = merged {
+            // A key authored twice in one batch travels once, with its last value (linear
+            // in the batch: a node starting with thousands of services publishes them all).
+            let mut seen = rustc_hash::FxHashSet::default();
+            d.entries.reverse();
+            d.entries.retain(|e| seen.insert(e.key.clone()));
+            d.entries.reverse();
             self.spread_new(now, d, None);
         }
     }
@@ -761,7 +775,8 @@ impl Node {
             Ok(applied) => {
                 if applied.gap {
                     if let Some(from) = from {
-                        self.note_gap(now, delta.node.clone(), from, GAP_GRACE);
+                        let want = delta.to;
+                        self.note_gap(now, delta.node.clone(), from, GAP_GRACE, want);
                     }
                 }
                 if applied.implausible {
@@ -785,19 +800,39 @@ impl Node {
         }
     }
 
-    /// Fetches `node`'s missing changes from `from` after `delay`, unless they arrive first.
-    fn note_gap(&mut self, now: Duration, node: Name, from: SocketAddr, delay: Duration) {
-        if self.gaps.iter().any(|(n, _, _)| *n == node) || self.gaps.len() >= 4096 {
+    /// Fetches `node`'s changes up to version `want` from `from` after `delay`, unless they
+    /// arrive first. A node already waiting keeps its turn and wants the higher version
+    /// (a fetch asks for everything after what we hold, so one fetch covers both).
+    fn note_gap(
+        &mut self,
+        now: Duration,
+        node: Name,
+        from: SocketAddr,
+        delay: Duration,
+        want: u64,
+    ) {
+        if let Some(g) = self.gaps.iter_mut().find(|g| g.node == node) {
+            g.want = g.want.max(want);
             return;
         }
-        // Kept in deadline order.
+        if self.gaps.len() >= 4096 {
+            return;
+        }
         let at = now + delay;
         let pos = self
             .gaps
             .iter()
-            .position(|(_, _, t)| *t > at)
+            .position(|g| g.at > at)
             .unwrap_or(self.gaps.len());
-        self.gaps.insert(pos, (node, from, at));
+        self.gaps.insert(
+            pos,
+            Gap {
+                node,
+                from,
+                at,
+                want,
+            },
+        );
         self.schedule_fetch(at);
     }
 

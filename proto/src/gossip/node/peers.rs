@@ -456,6 +456,7 @@ impl Node {
                 id.name().clone(),
                 id.gossip_addr(),
                 super::RECORD_GRACE,
+                1,
             );
         }
     }

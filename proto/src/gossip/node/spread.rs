@@ -9,7 +9,7 @@
 //! pushes missed costs only the pulls themselves. What even that misses, anti-entropy
 //! (`sync`) repairs.
 
-use super::super::data::{Delta, Name};
+use super::super::data::Delta;
 use super::super::recent::{change_hash, verdict_hash, Content};
 use super::super::wire::{self, Datagram, Pull, Push, Verdict, Want, MAX_PAYLOAD};
 use super::{Node, Tick};
@@ -127,7 +127,7 @@ impl Node {
                 .is_none_or(|d| d.version < version && d.ahead < version);
             if node != self.cfg.name && behind && !self.recent.knows(hash) {
                 self.recent.insert(now, hash, Content::Seen);
-                self.note_gap(now, node, from, Duration::ZERO);
+                self.note_gap(now, node, from, Duration::ZERO, version);
             }
         }
     }
@@ -280,20 +280,22 @@ impl Node {
             self.start_sync(now, addr, Some(name), false);
         }
         let mut later = None;
-        let mut due: Vec<(Name, SocketAddr)> = Vec::new();
-        while let Some((node, from, at)) = self.gaps.front().cloned() {
-            if at > now {
-                later = Some(at);
+        let mut due: Vec<super::Gap> = Vec::new();
+        while let Some(gap) = self.gaps.front() {
+            if gap.at > now {
+                later = Some(gap.at);
                 break;
             }
-            self.gaps.pop_front();
-            due.push((node, from));
+            due.extend(self.gaps.pop_front());
         }
         // One fetch per member asked, for every node still missing changes.
         let mut by_peer: Vec<(SocketAddr, Vec<Want>)> = Vec::new();
-        for (node, from) in due {
+        for super::Gap {
+            node, from, want, ..
+        } in due
+        {
             let (have, run, filled) = match self.data(&node) {
-                Some(d) => (d.version, d.run, d.version > 0 && d.is_settled()),
+                Some(d) => (d.version, d.run, d.version >= want.max(1) && d.is_settled()),
                 None => (0, 0, false),
             };
             if filled {
@@ -307,9 +309,13 @@ impl Node {
         for (from, wants) in by_peer {
             if self.sessions.len() >= super::MAX_SESSIONS {
                 // Over budget: try again shortly.
-                for (n, _, _) in wants {
-                    self.gaps
-                        .push_back((n, from, now + Duration::from_millis(100)));
+                for (node, have, _) in wants {
+                    self.gaps.push_back(super::Gap {
+                        node,
+                        from,
+                        at: now + Duration::from_millis(100),
+                        want: have + 1,
+                    });
                 }
                 continue;
             }
