@@ -819,6 +819,15 @@ impl Node {
             || !self.at_member_cap()
     }
 
+    /// [`Node::admits`], counting a refusal.
+    fn admit(&mut self, id: &NodeId) -> bool {
+        let ok = self.admits(id);
+        if !ok {
+            self.stats.members_refused += 1;
+        }
+        ok
+    }
+
     /// The members of `list` that may be taken (held already, or within the room left),
     /// counting the rest as refused.
     fn admit_members(

@@ -57,7 +57,7 @@ impl Node {
             Datagram::Pull(pull) => self.answer_pull(now, from, pull),
             Datagram::Confirm(c) => self.answer_confirm(now, from, c),
             Datagram::Alive(a) => {
-                if a.id.name() != self.cfg.name && self.admits(&a.id) {
+                if a.id.name() != self.cfg.name && self.admit(&a.id) {
                     // Only the member itself says this; it clears a suspicion that raced
                     // its refutation (the incarnation is above the suspected one).
                     let mut rt = AccumulatingRuntime::new();

@@ -363,7 +363,7 @@ impl Node {
         // Whoever opens a stream to us is alive (a joiner whose announce was lost, a member
         // back from the other side of a partition under a new boot stamp).
         let client = req.from().clone();
-        if client.name() != self.cfg.name && self.admits(&client) {
+        if client.name() != self.cfg.name && self.admit(&client) {
             let mut rt = AccumulatingRuntime::new();
             let _ = self
                 .swim
@@ -591,7 +591,7 @@ impl Node {
             .map(|p| (p.id.boot(), p.status, p.left_boot()));
         let newer_run =
             known.is_none_or(|(boot, status, _)| status.is_none() || s.id.boot() > boot);
-        if s.up && newer_run && self.admits(&s.id) {
+        if s.up && newer_run && self.admit(&s.id) {
             // Hearsay of a live member: SWIM takes it from here (probes it, and declares it
             // down if it does not answer), and passes a later run of it on. Failed or left
             // hearsay never creates a member.
