@@ -46,7 +46,8 @@ impl Forger {
     fn new(ip: &str) -> Forger {
         let port = free_port(ip);
         let udp = UdpSocket::bind((ip, port)).unwrap();
-        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let id = NodeId::new("forger", udp.local_addr().unwrap(), 1);
         Forger { udp, id }
     }
@@ -72,28 +73,36 @@ impl Forger {
         self.send(to.gossip_addr(), &wire::swim_datagram(&packet, &[]));
     }
 
-    /// The identity an agent runs under now, as any peer learns it: announce, and read the
-    /// sender of what comes back.
-    fn identity(&self, agent: &Agent) -> NodeId {
+    /// The identity an agent runs under now, as any peer learns it: announce (as a fresh
+    /// run of the forger, which the agent takes as alive), and read the sender of the
+    /// answer (a feed; anything the agent sent before is stale).
+    fn identity(&mut self, agent: &Agent) -> NodeId {
+        self.fresh();
         let addr: SocketAddr = agent.spec.gossip_addr().parse().unwrap();
-        self.swim(&NodeId::new("", addr, 0), foca::Message::Announce, vec![]);
         let mut buf = [0u8; 2048];
+        self.udp.set_nonblocking(true).unwrap();
+        while self.udp.recv_from(&mut buf).is_ok() {}
+        self.udp.set_nonblocking(false).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let Ok((n, from)) = self.udp.recv_from(&mut buf) else {
-                self.swim(&NodeId::new("", addr, 0), foca::Message::Announce, vec![]);
-                continue;
-            };
-            if from != addr {
-                continue;
-            }
-            let Ok(opened) = Keyring::plain().open(Place::Datagram, &buf[..n]) else {
-                continue;
-            };
-            if let Ok(Datagram::Swim { packet, .. }) = wire::parse_datagram(&opened.payload) {
-                let mut p = packet;
-                if let Ok(h) = Codec::<NodeId>::decode_header(&mut PostcardCodec, &mut p) {
-                    return h.src;
+            self.swim(&NodeId::new("", addr, 0), foca::Message::Announce, vec![]);
+            let answered = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < answered {
+                let Ok((n, from)) = self.udp.recv_from(&mut buf) else {
+                    break;
+                };
+                if from != addr {
+                    continue;
+                }
+                let Ok(opened) = Keyring::plain().open(Place::Datagram, &buf[..n]) else {
+                    continue;
+                };
+                if let Ok(Datagram::Swim { packet, .. }) = wire::parse_datagram(&opened.payload) {
+                    let mut p = packet;
+                    match Codec::<NodeId>::decode_header(&mut PostcardCodec, &mut p) {
+                        Ok(h) if h.message == foca::Message::Feed => return h.src,
+                        _ => continue,
+                    }
                 }
             }
         }
@@ -307,24 +316,65 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
             .count()
     };
 
-    // 1. A's own address. B and C are told A now runs (a later run) at 127.0.14.99; A is
-    //    handed its own node info at that address, over a datagram and a sync stream, and a
-    //    summary of itself there.
-    let moves_before = moved(&a);
+    // 1a. A's own address, through SWIM: B and C are told A now runs (a later run) at
+    //     127.0.14.99, and pass it on as SWIM does.
     let ida = forger.identity(&a);
     let elsewhere: SocketAddr = format!("127.0.14.99:{}", ida.gossip_addr().port())
         .parse()
         .unwrap();
     let impostor = NodeId::new(ida.name().clone(), elsewhere, ida.boot() + 1);
+    let targets = [forger.identity(&b), forger.identity(&c)];
+    let moves_before = moved(&a);
     let started = Instant::now();
-    for peer in [&b, &c] {
-        let to = forger.identity(peer);
+    for to in &targets {
         forger.swim(
-            &to,
+            to,
             foca::Message::Gossip,
             vec![Member::alive(impostor.clone())],
         );
     }
+    let mut elsewhere_seen = 0;
+    let mut settled = None;
+    let samples = sample(Duration::from_secs(15), || {
+        each_lists_itself_at_home(&all);
+        let views = [&b, &c].map(|x| members(x).into_iter().find(|m| m.0 == "alpha"));
+        let home = views
+            .iter()
+            .all(|m| m.as_ref().is_some_and(|m| m.1 == "127.0.14.1" && m.2 == 1));
+        if !home {
+            elsewhere_seen += 1;
+        }
+        if home && settled.is_none() && moved(&a) > moves_before {
+            settled = Some(started.elapsed());
+        }
+        views.map(|m| m.map(|m| m.2))
+    });
+    println!(
+        "own address through SWIM: every agent at home in each of {} samples; alpha moved above the claim, listed elsewhere by a peer in {elsewhere_seen} samples, at home by both {:?} after the forgery",
+        samples.len(),
+        settled
+    );
+    assert!(
+        moved(&a) > moves_before,
+        "the claim never reached alpha:\n{}",
+        a.logs()
+    );
+    assert!(
+        settled.is_some(),
+        "the peers do not list alpha at its own address: {:?}",
+        members(&b)
+    );
+    assert!(
+        samples.iter().flatten().all(|s| *s == Some(1)),
+        "a peer listed alpha as other than alive: {samples:?}"
+    );
+    for x in [&b, &c] {
+        assert_eq!(catalog_address(x, "alpha"), "127.0.14.1");
+    }
+
+    // 1b. A is handed its own node info at that address, over a datagram and a sync
+    //     stream, and a summary of itself there.
+    let moves_before = moved(&a);
     let (run, version, _) = forger.state_of(&b, "alpha");
     let forged = one_entry(
         "alpha",
@@ -341,13 +391,14 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
             deltas: vec![forged],
         },
     );
+    let impostor = NodeId::new("alpha", elsewhere, forger.identity(&a).boot() + 1);
     forger.exchange(
         &a,
         &SyncRequest::Compare {
             from: forger.id.clone(),
             buckets: (0..=255).collect(),
             nodes: vec![Summary {
-                id: impostor.clone(),
+                id: impostor,
                 version: version + 5,
                 run,
                 up: true,
@@ -355,38 +406,24 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
             }],
         },
     );
-    let mut settled = None;
-    let samples = sample(Duration::from_secs(20), || {
+    let samples = sample(Duration::from_secs(5), || {
         each_lists_itself_at_home(&all);
-        let home = [&b, &c].iter().all(|x| {
-            members(x)
-                .iter()
-                .any(|m| m.0 == "alpha" && m.1 == "127.0.14.1" && m.2 == 1)
-                && catalog_address(x, "alpha") == "127.0.14.1"
-        });
-        if home && settled.is_none() {
-            settled = Some(started.elapsed());
-        }
-        [&b, &c].map(|x| status_of(x, "alpha"))
+        [&b, &c].map(|x| (status_of(x, "alpha"), catalog_address(x, "alpha")))
     });
-    println!(
-        "own address: {} samples, every agent at home in each; alpha listed at home by both peers {:?} after the first forged packet",
-        samples.len(),
-        settled
-    );
     assert!(
-        settled.is_some(),
-        "the peers do not list alpha at its own address: {:?}",
-        members(&b)
+        samples
+            .iter()
+            .flatten()
+            .all(|s| s.0 == Some(1) && s.1 == "127.0.14.1"),
+        "{samples:?}"
     );
     assert!(
         moved(&a) > moves_before,
-        "the claim never reached alpha:\n{}",
-        a.logs()
+        "alpha did not move above the claims"
     );
-    assert!(
-        samples.iter().flatten().all(|s| *s == Some(1)),
-        "a peer listed alpha as other than alive: {samples:?}"
+    println!(
+        "own state handed to alpha: not taken ({} samples); alpha moved above it",
+        samples.len()
     );
 
     // 2. A version of B 2^40 ahead, to A and C, over a datagram and a stream.
@@ -435,7 +472,6 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
     // 3. C down at its current boot and at the next one, sent to A; then an operator's
     //    force-leave of C.
     for next in [0, 1] {
-        forger.fresh();
         let failed_before = failed(&a, "charlie");
         let idc = forger.identity(&c);
         let target = NodeId::new(idc.name().clone(), idc.gossip_addr(), idc.boot() + next);
@@ -469,7 +505,6 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
             failed_samples.last()
         );
     }
-    forger.fresh();
     let idc = forger.identity(&c);
     forger.push(&a, vec![], vec![Verdict::ForceLeft(idc)]);
     let statuses = sample(Duration::from_secs(4), || {
@@ -481,7 +516,6 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
     );
 
     // 4. Ghosts: two members nobody answers for, and one the forger also pushed state for.
-    forger.fresh();
     let ida = forger.identity(&a);
     let ghosts: Vec<NodeId> = (0..2)
         .map(|i| {
