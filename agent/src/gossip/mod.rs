@@ -423,7 +423,12 @@ impl Driver {
                 .fetch_add(malformed + implausible, Relaxed);
         }
         if implausible > 0 {
-            METRICS.gossip_dropped("claim", "implausible");
+            METRICS.gossip_dropped_n("claim", "implausible", implausible);
+        }
+        // Identities refused because the member table is full.
+        let refused = s.members_refused - self.reported.members_refused;
+        if refused > 0 {
+            METRICS.gossip_dropped_n("member", "over_capacity", refused);
         }
         self.reported = s.clone();
     }

@@ -17,6 +17,8 @@
 //! * `sync`: anti-entropy over streams — digests first, then only what differs — for joins,
 //!   healed partitions, returning members and anything the pushes missed.
 
+#[cfg(test)]
+mod hostile;
 mod peers;
 mod spread;
 mod sync;
@@ -40,7 +42,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use sync::Session;
 
-pub use peers::MemberView;
+pub use super::config::MAX_MEMBERS;
+pub use peers::{MemberView, MAX_UNCONFIRMED, UNCONFIRMED_BYTES};
 
 type Swim = Foca<NodeId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
@@ -57,8 +60,15 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const RECONNECT_BUDGET: usize = 8;
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
-/// Client streams (syncs and fetches) open at once.
-const MAX_SESSIONS: usize = 8;
+/// Client streams (syncs and fetches) open at once (joins, which only the operator starts,
+/// aside). Their replies are at most `wire::MAX_STREAM_FRAME` each, and the transport's
+/// frame budget is shared by all of them.
+pub const MAX_SESSIONS: usize = 8;
+/// Most identities one datagram can name (the smallest encoded member is 11 bytes).
+const MAX_IDS_PER_DATAGRAM: usize = super::wire::MAX_PAYLOAD / 11 + 1;
+/// Most datagrams one pull is answered with (a pull fits in one datagram; this bounds what a
+/// forged source address can make this node send to someone else).
+const MAX_PULL_REPLY: usize = 64;
 /// A member's claim that a node is this many versions ahead of what we hold is refused.
 pub const MAX_VERSION_JUMP: u64 = 1 << 32;
 /// No boot stamp or version above this is ever taken (no run could count that far; room
@@ -144,6 +154,8 @@ pub struct Stats {
     pub changes_applied: u64,
     /// Times this node moved its own boot stamp or version above what a peer held.
     pub self_jumps: u64,
+    /// Identities refused because the member table is full (see `NodeConfig::max_members`).
+    pub members_refused: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -798,6 +810,89 @@ impl Node {
                 false
             }
         }
+    }
+
+    /// Whether the member table is full (ours, or SWIM's, which also keeps down members).
+    fn at_member_cap(&self) -> bool {
+        self.peers.len() >= self.cfg.max_members
+            || self.swim.iter_membership_state().len() >= self.cfg.max_members
+    }
+
+    /// Whether `id` may be taken as a member: it is held already, or there is room.
+    fn admits(&self, id: &NodeId) -> bool {
+        id.name() == self.cfg.name
+            || self.peers.get(id.name()).is_some_and(|p| p.is(id))
+            || !self.at_member_cap()
+    }
+
+    /// [`Node::admits`], counting a refusal.
+    fn admit(&mut self, id: &NodeId) -> bool {
+        let ok = self.admits(id);
+        if !ok {
+            self.stats.members_refused += 1;
+        }
+        ok
+    }
+
+    /// The members of `list` that may be taken (held already, or within the room left),
+    /// counting the rest as refused.
+    fn admit_members(
+        &mut self,
+        list: impl IntoIterator<Item = foca::Member<NodeId>>,
+    ) -> Vec<foca::Member<NodeId>> {
+        let used = self
+            .peers
+            .len()
+            .max(self.swim.iter_membership_state().len());
+        let mut room = self.cfg.max_members.saturating_sub(used);
+        let mut out = Vec::new();
+        for m in list {
+            let held = m.id().name() == self.cfg.name
+                || self.peers.get(m.id().name()).is_some_and(|p| p.is(m.id()));
+            if held {
+                out.push(m);
+            } else if room > 0 {
+                room -= 1;
+                out.push(m);
+            } else {
+                self.stats.members_refused += 1;
+            }
+        }
+        out
+    }
+
+    /// Near the member cap, a SWIM packet that names more identities this node does not hold
+    /// than there is room for is refused whole (foca would add them all). Far below the
+    /// cap nothing is looked at: a datagram cannot name more than [`MAX_IDS_PER_DATAGRAM`].
+    fn admits_swim_packet(&self, packet: &[u8]) -> bool {
+        let used = self
+            .peers
+            .len()
+            .max(self.swim.iter_membership_state().len());
+        if used + MAX_IDS_PER_DATAGRAM <= self.cfg.max_members {
+            return true;
+        }
+        let room = self.cfg.max_members.saturating_sub(used);
+        let held = |id: &NodeId| {
+            id.name() == self.cfg.name || self.peers.get(id.name()).is_some_and(|p| p.is(id))
+        };
+        let mut buf = packet;
+        let mut codec = PostcardCodec;
+        let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut codec, &mut buf) else {
+            return true; // foca refuses it
+        };
+        let mut new = usize::from(!held(&header.src));
+        if buf.len() >= 2 && header.message != foca::Message::Broadcast {
+            let count = u16::from_be_bytes([buf[0], buf[1]]);
+            let mut buf = &buf[2..];
+            for _ in 0..count {
+                match foca::Codec::<NodeId>::decode_member(&mut codec, &mut buf) {
+                    Ok(m) => new += usize::from(!held(m.id())),
+                    Err(_) => return true, // foca refuses it
+                }
+            }
+        }
+        new <= room
     }
 
     /// Fetches `node`'s changes up to version `want` from `from` after `delay`, unless they

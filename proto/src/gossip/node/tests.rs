@@ -10,29 +10,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Which datagrams (from, to, bytes) the network loses.
-type Loss = Box<dyn Fn(usize, usize, &[u8]) -> bool>;
+pub(super) type Loss = Box<dyn Fn(usize, usize, &[u8]) -> bool>;
 
-struct Net {
-    nodes: Vec<Option<Node>>,
-    now: Duration,
+pub(super) struct Net {
+    pub nodes: Vec<Option<Node>>,
+    pub now: Duration,
     /// Datagrams from→to for which this returns true are lost.
-    lose: Loss,
+    pub lose: Loss,
     /// Stream requests from→to for which this returns true are refused.
-    refuse: Loss,
+    pub refuse: Loss,
     /// Bytes carried by streams (requests and replies), for tests that count them.
-    stream_bytes: usize,
-    events: Vec<Vec<Event>>,
+    pub stream_bytes: usize,
+    pub events: Vec<Vec<Event>>,
 }
 
-fn addr(i: usize) -> SocketAddr {
+pub(super) fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 9, 0, i as u8 + 1], 8301))
 }
 
-fn name(i: usize) -> String {
+pub(super) fn name(i: usize) -> String {
     format!("n{i}")
 }
 
-fn config(i: usize, boot: u64) -> NodeConfig {
+pub(super) fn config(i: usize, boot: u64) -> NodeConfig {
     let mut c = NodeConfig::new(name(i), addr(i));
     c.boot = boot;
     c.seed = i as u64 + 1;
@@ -41,7 +41,7 @@ fn config(i: usize, boot: u64) -> NodeConfig {
     c
 }
 
-fn svc(id: &str, port: u16) -> (EntryKey, Option<Value>) {
+pub(super) fn svc(id: &str, port: u16) -> (EntryKey, Option<Value>) {
     (
         EntryKey::Service(id.into()),
         Some(Value::Service(Arc::new(Service {
@@ -58,7 +58,7 @@ fn svc(id: &str, port: u16) -> (EntryKey, Option<Value>) {
 }
 
 impl Net {
-    fn new(n: usize) -> Net {
+    pub(super) fn new(n: usize) -> Net {
         let mut net = Net {
             nodes: (0..n).map(|_| None).collect(),
             now: Duration::from_secs(1),
@@ -74,7 +74,7 @@ impl Net {
         net
     }
 
-    fn start(&mut self, i: usize, boot: u64, join: Option<usize>) {
+    pub(super) fn start(&mut self, i: usize, boot: u64, join: Option<usize>) {
         let mut node = Node::new(config(i, boot), self.now);
         node.publish(self.now, vec![svc(&format!("web-{i}"), 8000 + i as u16)]);
         if let Some(j) = join {
@@ -84,16 +84,16 @@ impl Net {
         self.pump();
     }
 
-    fn node(&self, i: usize) -> &Node {
+    pub(super) fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("running")
     }
 
-    fn status(&self, at: usize, of: usize) -> Option<MemberStatus> {
+    pub(super) fn status(&self, at: usize, of: usize) -> Option<MemberStatus> {
         self.node(at).member(&name(of)).map(|m| m.status)
     }
 
     /// Delivers everything sent, to quiescence.
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut moved = false;
             for i in 0..self.nodes.len() {
@@ -142,7 +142,7 @@ impl Net {
     }
 
     /// Moves the clock in 10 ms steps, firing timers and delivering what they send.
-    fn run(&mut self, d: Duration) {
+    pub(super) fn run(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
             self.now += Duration::from_millis(10);
