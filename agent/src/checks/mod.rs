@@ -12,7 +12,7 @@ pub mod process;
 mod tls;
 pub mod ttl;
 
-use crate::agent::{Shared, Stop};
+use crate::shared::{Shared, Stop};
 use crate::state::State;
 use muster_proto::model::{CheckKind, HealthStatus, NodeRecord};
 use std::collections::HashMap;
