@@ -454,7 +454,7 @@ def fmt(v, unit):
     if unit == "B/s":
         return f"{v:,.0f} B/s"
     if unit == "%":
-        return f"{v:.1f}%"
+        return f"{v:.2f}%"
     return f"{v:.1f} {unit}"
 
 
@@ -489,6 +489,9 @@ def main():
             for rep in range(REPEAT):
                 runs.append(bench_one(s, rep, tmp))
             rows[s] = {k: median([r[k] for r in runs]) for k in runs[0]}
+            # The goal is about the worst spread: keep the worst of every run too.
+            rows[s]["spread_worst_all"] = None if any(
+                r["spread_worst"] is None for r in runs) else max(r["spread_worst"] for r in runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     wall = now() - started
@@ -514,12 +517,13 @@ def main():
         x = ratio(rows[100]["churn_bytes"], rows[10]["churn_bytes"])
         goals.append(("churn bytes S=100 <= 2x S=10", x is not None and x <= 2.0, f"x{x:.2f}" if x else "n/a"))
     for s, r in rows.items():
-        w = r["spread_worst"]
-        goals.append((f"worst spread < 1 s at S={s}", w is not None and w < 1.0, fmt(w, "ms")))
+        w = r["spread_worst_all"]
+        goals.append((f"worst spread < 1 s at S={s}", w is not None and w < 1.0,
+                      f"worst of {SPREADS * REPEAT} changes: {fmt(w, 'ms')}"))
     for s, r in rows.items():
         if r["instances"] >= 10_000:
             goals.append((f"RSS < 30 MiB per agent at {r['instances']:,} instances",
-                          r["rss_max"] < 30, f"max {r['rss_max']:.1f} MiB"))
+                          r["rss_max"] < 30, f"largest agent {r['rss_max']:.1f} MiB (median of runs)"))
     for name, ok, value in goals:
         print(f"goal: {name}: {'met' if ok else 'NOT met'} ({value})")
 
