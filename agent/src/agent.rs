@@ -4,39 +4,12 @@
 
 use crate::cli::AgentArgs;
 use crate::config::{self, Config};
+use crate::shared::{GossipHandle, Shared, Stop};
 use crate::state::State;
 use crate::store::Store;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// Why the agent is stopping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    Running,
-    /// SIGTERM, SIGINT or `leave`: tell the cluster, then exit 0.
-    Leave,
-}
-
-/// Things every listener gets: the state, the config, and the shutdown signal.
-#[derive(Clone)]
-pub struct Shared {
-    pub state: Arc<State>,
-    pub config: Arc<arc_swap::ArcSwap<Config>>,
-    pub stop_tx: Arc<watch::Sender<Stop>>,
-    /// Reload requests (SIGHUP, `PUT /v1/agent/reload`): the reply says what happened.
-    pub reload_tx: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
-    /// Join and force-leave requests to the gossip task.
-    pub gossip: crate::gossip::Handle,
-    /// The gossip keyring (read by the transport, changed by keyring operations).
-    pub keyring: crate::keyring::KeyringHandle,
-}
-
-impl Shared {
-    pub fn stop_rx(&self) -> watch::Receiver<Stop> {
-        self.stop_tx.subscribe()
-    }
-}
 
 pub fn main(args: AgentArgs) -> ExitCode {
     let config = match config::load(&args) {
@@ -132,7 +105,7 @@ async fn run(config: Config, args: AgentArgs) -> anyhow::Result<()> {
 
     let (stop_tx, _) = watch::channel(Stop::Running);
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-    let (gossip, gossip_commands) = crate::gossip::Handle::channel();
+    let (gossip, gossip_commands) = GossipHandle::channel();
     let shared = Shared {
         state: state.clone(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),

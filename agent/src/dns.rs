@@ -3,15 +3,17 @@
 //!
 //! UDP is the hot path, so it avoids the usual per-query costs: one `SO_REUSEPORT` socket per
 //! core, each served by its own thread in a plain blocking loop (no task spawned, nothing
-//! logged per query), and a per-thread answer cache keyed by (name, type) that is dropped
-//! whenever the catalog snapshot or the config changes. TCP connections are tokio tasks
+//! logged per query), and a per-thread answer cache keyed by (name, type) whose entries stay
+//! good until the part of the catalog they depend on changes (one service name's index, or
+//! the node list's): a change to one name never costs another name's cached answer. The
+//! config changing drops it all. TCP connections are tokio tasks
 //! (several queries per connection, idle timeout, capped count). Names outside the domain
 //! go to the configured recursors, on the tokio runtime so a slow upstream never stalls a
 //! UDP thread.
 
-use crate::agent::{Shared, Stop};
 use crate::config::{Config, DnsConfig};
 use crate::metrics::METRICS;
+use crate::shared::{Shared, Stop};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::Name;
 use muster_proto::dns::{self, fast, Action, DnsSettings, Lookup, Transport};
@@ -141,9 +143,11 @@ struct Answerer {
     /// Tells when the catalog changed, so the snapshot is re-read only then.
     changes: tokio::sync::watch::Receiver<u64>,
     snapshot: Arc<muster_proto::Snapshot>,
-    /// Encoded answers of simple queries by (lowercase wire name, type); `None` marks names
-    /// the general path answers (outside the domain).
-    cache: HashMap<Vec<u8>, Option<fast::Prepared>>,
+    /// Encoded answers of simple queries by (lowercase wire name, type), with the index of
+    /// what each depends on when it was made: an entry stays good until that index moves, so
+    /// a change to `db` leaves every other name's answer cached. `None` marks names the
+    /// general path answers (outside the domain).
+    cache: HashMap<Vec<u8>, (Option<fast::Prepared>, u64)>,
     key: Vec<u8>,
     scratch: fast::Scratch,
 }
@@ -197,11 +201,15 @@ impl Answerer {
         if self.changes.has_changed().unwrap_or(false) {
             self.changes.mark_unchanged();
             self.snapshot = self.shared.state.snapshot();
-            self.cache.clear();
         }
         if let Some(q) = fast::parse_simple(bytes) {
             q.write_key(&mut self.key);
-            if let Some(prepared) = self.cache.get(self.key.as_slice()) {
+            let snapshot = &self.snapshot;
+            let fresh = |(p, at): &(Option<fast::Prepared>, u64)| {
+                p.as_ref()
+                    .is_none_or(|p| p.depends().index(snapshot) == *at)
+            };
+            if let Some((prepared, _)) = self.cache.get(self.key.as_slice()).filter(|e| fresh(e)) {
                 if let Some(p) = prepared {
                     let reply = fast_reply(
                         &q,
@@ -228,7 +236,10 @@ impl Answerer {
                         &mut self.scratch,
                     )
                 });
-                self.cache.insert(self.key.clone(), prepared);
+                let at = prepared
+                    .as_ref()
+                    .map_or(0, |p| p.depends().index(&self.snapshot));
+                self.cache.insert(self.key.clone(), (prepared, at));
                 if let Some(reply) = reply {
                     return (reply, None);
                 }

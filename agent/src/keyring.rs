@@ -15,9 +15,9 @@
 //! The keyring itself (`Keys`) is shared with the transport, which reads it for every
 //! packet and frame, so a change applies at once.
 
-use crate::agent::Shared;
 use crate::gossip::transport::{self, FrameKind, Keys};
 use crate::metrics::METRICS;
+use crate::state::State;
 use arc_swap::ArcSwap;
 use muster_proto::gossip::envelope::{Keyring, KeyringError, OpenedBy, Policy, KEY_LEN};
 use muster_proto::gossip::frame::Frame;
@@ -296,9 +296,9 @@ pub async fn serve(handle: &KeyringHandle, frame: &Frame) -> Vec<u8> {
 /// Members this agent knows as up, other than itself, with their gossip addresses (None
 /// while only a peer's record has been heard of it, before SWIM reported it up: its port
 /// is not known then, and guessing could ask the wrong process).
-fn up_members(shared: &Shared) -> Vec<(String, Option<SocketAddr>)> {
-    let snap = shared.state.snapshot();
-    let me = shared.config.load().node_name.clone();
+fn up_members(state: &State) -> Vec<(String, Option<SocketAddr>)> {
+    let snap = state.snapshot();
+    let me = state.node_name.clone();
     snap.nodes()
         .filter(|n| n.status.is_up() && n.record.name != me)
         .map(|n| (n.record.name.clone(), n.gossip_addr))
@@ -308,11 +308,11 @@ fn up_members(shared: &Shared) -> Vec<(String, Option<SocketAddr>)> {
 /// Sends `op` to every member and applies it here; returns the replies and the members
 /// that gave none (with why).
 async fn fan_out(
-    shared: &Shared,
+    keyring: &KeyringHandle,
     members: &[(String, Option<SocketAddr>)],
     op: Op,
 ) -> (Vec<Reply>, Vec<(String, String)>) {
-    let keys = shared.keyring.keys();
+    let keys = keyring.keys();
     let permits = Arc::new(Semaphore::new(FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (name, addr) in members.iter().cloned() {
@@ -346,7 +346,7 @@ async fn fan_out(
     // Here last: every frame above went out under the keyring as it was before the
     // operation (a first key installed here early would seal frames that the members
     // still without a key cannot open).
-    replies.push(shared.keyring.apply(&op).await);
+    replies.push(keyring.apply(&op).await);
     (replies, failed)
 }
 
@@ -359,11 +359,15 @@ pub enum ClusterError {
 }
 
 /// Carries `op` to the whole cluster (see the module comment) and adds up the answers.
-pub async fn cluster(shared: &Shared, op: Op) -> Result<Summary, ClusterError> {
-    let _g = shared.keyring.cluster_lock.lock().await;
-    let members = up_members(shared);
+pub async fn cluster(
+    keyring: &KeyringHandle,
+    state: &State,
+    op: Op,
+) -> Result<Summary, ClusterError> {
+    let _g = keyring.cluster_lock.lock().await;
+    let members = up_members(state);
     if matches!(op, Op::Use(_) | Op::Remove(_)) {
-        let (listing, failed) = fan_out(shared, &members, Op::List).await;
+        let (listing, failed) = fan_out(keyring, &members, Op::List).await;
         if !failed.is_empty() {
             let names: Vec<String> = failed.iter().map(|(n, e)| format!("{n} ({e})")).collect();
             return Err(ClusterError::Refused(format!(
@@ -374,7 +378,7 @@ pub async fn cluster(shared: &Shared, op: Op) -> Result<Summary, ClusterError> {
         }
         precheck(&op, &listing).map_err(ClusterError::Refused)?;
     }
-    let (replies, failed) = fan_out(shared, &members, op).await;
+    let (replies, failed) = fan_out(keyring, &members, op).await;
     let summary = Summary::of(&replies, &failed);
     if summary.errors() > 0 {
         tracing::warn!(op = op.name(), failures = summary.errors(), messages = ?summary.messages, "keyring operation failed on some members");

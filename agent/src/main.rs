@@ -11,8 +11,10 @@ mod gossip;
 mod http;
 mod keyring;
 mod metrics;
+mod shared;
 mod state;
 mod store;
+mod waiters;
 
 use clap::Parser;
 

@@ -124,8 +124,12 @@ impl Metrics {
 
     /// Counts one datagram or stream frame dropped before it was decoded.
     pub fn gossip_dropped(&self, channel: &'static str, reason: &'static str) {
+        self.gossip_dropped_n(channel, reason, 1);
+    }
+
+    pub fn gossip_dropped_n(&self, channel: &'static str, reason: &'static str, n: u64) {
         if let Ok(mut m) = self.gossip_dropped.lock() {
-            *m.entry((channel, reason)).or_insert(0) += 1;
+            *m.entry((channel, reason)).or_insert(0) += n;
         }
     }
 

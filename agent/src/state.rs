@@ -14,11 +14,13 @@
 //! * Gossip applies what it learns of other nodes as entry changes and member verdicts,
 //!   under a plain mutex held for microseconds.
 //!
-//! Every publish swaps the snapshot in an `ArcSwap` and sends the new index on a `watch`
-//! channel, which is what blocking queries wait on.
+//! Every publish swaps the snapshot in an `ArcSwap`, sends the new index on a `watch`
+//! channel (DNS follows it), and wakes the blocking queries waiting on what the change
+//! touched (see `waiters`).
 
 use crate::config::ServiceDefinition;
 use crate::store::{FileJob, Store, StoredService};
+use crate::waiters::{Subscription, Waiters, Watch};
 use arc_swap::ArcSwap;
 use muster_proto::catalog::{Catalog, Standing};
 use muster_proto::gossip::data::{MAX_ENTRY_BYTES, MAX_NODE_BYTES};
@@ -306,6 +308,7 @@ pub struct State {
     pub node_name: String,
     snapshot: ArcSwap<Snapshot>,
     index_tx: watch::Sender<u64>,
+    waiters: Waiters,
     local_tx: watch::Sender<Arc<NodeRecord>>,
     inner: Mutex<Inner>,
     requests: mpsc::Sender<Request>,
@@ -369,6 +372,7 @@ impl State {
             node_name,
             snapshot: ArcSwap::from_pointee(snapshot),
             index_tx,
+            waiters: Waiters::new(),
             local_tx,
             inner: Mutex::new(Inner { catalog, local }),
             requests,
@@ -406,6 +410,11 @@ impl State {
         self.index_tx.subscribe()
     }
 
+    /// Follows one answer's index (blocking queries); take it before reading the snapshot.
+    pub fn follow(&self, watch: Watch<'_>) -> Subscription {
+        self.waiters.subscribe(watch)
+    }
+
     /// A receiver that sees this node's record after every local change (check runners).
     pub fn local_record(&self) -> watch::Receiver<Arc<NodeRecord>> {
         self.local_tx.subscribe()
@@ -422,11 +431,12 @@ impl State {
         self.gossip_rx.lock().ok()?.take()
     }
 
-    fn publish(&self, catalog: &Catalog) {
-        let snap = catalog.snapshot();
+    fn publish(&self, catalog: &mut Catalog) {
+        let snap = Arc::new(catalog.snapshot());
         let index = snap.index();
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot.store(Arc::clone(&snap));
         self.index_tx.send_replace(index);
+        self.waiters.wake(index, &catalog.take_touched(), &snap);
     }
 
     /// Runs one local change in the next batch (see the module comment).
@@ -714,7 +724,7 @@ impl State {
             }
         }
         if changed {
-            self.publish(&inner.catalog);
+            self.publish(&mut inner.catalog);
         }
     }
 }
@@ -793,7 +803,7 @@ async fn committer(
                 let now = state.now_ms();
                 let node = state.node_name.clone();
                 inner.catalog.apply_changes(&node, &changes, now);
-                state.publish(&inner.catalog);
+                state.publish(&mut inner.catalog);
             }
             state.local_tx.send_replace(record);
             let _ = state.gossip_tx.send(changes);

@@ -25,43 +25,37 @@ static CATALOG: LazyLock<Snapshot> = LazyLock::new(|| {
             let id = format!("web-{j}");
             let mut meta = std::collections::BTreeMap::new();
             meta.insert("v".into(), j.to_string());
-            r.services.insert(
-                id.clone(),
-                Service {
-                    id: id.clone(),
-                    name: "web".into(),
-                    tags: vec![format!("t{j}")],
-                    address: if j == 1 {
-                        "192.168.0.9".into()
-                    } else if j == 2 {
-                        "host.example".into()
-                    } else {
-                        String::new()
-                    },
-                    port: 8000 + j,
-                    meta,
-                    weights: Weights {
-                        passing: 5,
-                        warning: 1,
-                    },
-                    enable_tag_override: false,
+            r.put_service(std::sync::Arc::new(Service {
+                id: id.clone(),
+                name: "web".into(),
+                tags: vec![format!("t{j}")],
+                address: if j == 1 {
+                    "192.168.0.9".into()
+                } else if j == 2 {
+                    "host.example".into()
+                } else {
+                    String::new()
                 },
-            );
+                port: 8000 + j,
+                meta,
+                weights: Weights {
+                    passing: 5,
+                    warning: 1,
+                },
+                enable_tag_override: false,
+            }));
             if j == 3 {
-                r.checks.insert(
-                    "c".into(),
-                    Check {
-                        id: "c".into(),
-                        name: "c".into(),
-                        status: HealthStatus::Warning,
-                        notes: String::new(),
-                        output: String::new(),
-                        service_id: id,
-                        kind: CheckKind::Ttl { ttl_ms: 1000 },
-                        deregister_critical_after_ms: 0,
-                        status_changed_ms: 0,
-                    },
-                );
+                r.put_check(std::sync::Arc::new(Check {
+                    id: "c".into(),
+                    name: "c".into(),
+                    status: HealthStatus::Warning,
+                    notes: String::new(),
+                    output: String::new(),
+                    service_id: id,
+                    kind: CheckKind::Ttl { ttl_ms: 1000 },
+                    deregister_critical_after_ms: 0,
+                    status_changed_ms: 0,
+                }));
             }
         }
         let _ = c.apply_record(r, MemberStatus::Alive, None, 0);

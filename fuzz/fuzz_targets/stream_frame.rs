@@ -2,14 +2,15 @@
 //! stream frame (magic, chunk words, refusals, chunk envelopes) with a plain and a sealed
 //! keyring; and, so that the fuzzer gets past the checksum, the same bytes cut into
 //! chunks of a well-formed plain frame whose payload then goes through the frame-kind
-//! dispatch (sync → the push-pull decoder, keyring → the keyring codec).
+//! dispatch (sync → the gossip node's request and reply decoders, keyring → the keyring
+//! codec).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use muster_proto::gossip::envelope::{ChunkPos, Keyring, Place, Policy};
 use muster_proto::gossip::frame::{self, FrameKind, MAGIC};
-use muster_proto::gossip::PushPull;
+use muster_proto::gossip::wire;
 use std::sync::LazyLock;
 
 const LIMIT: usize = 1 << 20;
@@ -20,7 +21,8 @@ static SEALED: LazyLock<Keyring> =
 fn dispatch(f: &frame::Frame) {
     match f.kind {
         FrameKind::Sync => {
-            let _ = PushPull::decode(&f.body);
+            let _ = wire::decode_request(&f.body);
+            let _ = wire::decode_reply(&f.body);
         }
         FrameKind::Keyring => {
             let _ = muster_proto::keyring::Op::decode(&f.body);
@@ -70,6 +72,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(f.body, payload[1..]);
             dispatch(&f);
         }
-        Err(_) => assert!(payload.first().is_none_or(|k| FrameKind::from_byte(*k).is_none())),
+        Err(_) => assert!(payload
+            .first()
+            .is_none_or(|k| FrameKind::from_byte(*k).is_none())),
     }
 });

@@ -118,6 +118,29 @@ pub struct Outcome {
     pub changed: bool,
 }
 
+/// Which answers' indexes moved since the last [`Catalog::take_touched`], so that the owner
+/// wakes only the blocking queries waiting on them (a change to `db` wakes no watcher of
+/// `web`). Its size is that of the changes, never that of the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Service names (lowercase) whose index moved.
+    pub names: BTreeSet<String>,
+    /// Nodes whose own index moved (added, changed, removed).
+    pub nodes: BTreeSet<String>,
+    /// The node list's index moved.
+    pub node_list: bool,
+    /// The service-name list's index moved.
+    pub service_list: bool,
+    /// A name was forgotten, so the index of every name not held moved.
+    pub absent_names: bool,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self == &Touched::default()
+    }
+}
+
 /// Why an update was not applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
@@ -170,6 +193,7 @@ pub struct Catalog {
     protect_since_ms: Option<u64>,
     stale_nodes: usize,
     stale_since_ms: Option<u64>,
+    touched: Touched,
 }
 
 impl Default for Catalog {
@@ -195,7 +219,23 @@ impl Catalog {
             protect_since_ms: None,
             stale_nodes: 0,
             stale_since_ms: None,
+            touched: Touched::default(),
         }
+    }
+
+    /// What moved since the last call (see [`Touched`]).
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn set_nodes_index(&mut self, index: u64) {
+        self.nodes_index = index;
+        self.touched.node_list = true;
+    }
+
+    fn set_services_index(&mut self, index: u64) {
+        self.services_index = index;
+        self.touched.service_list = true;
     }
 
     /// The datacenter shown for members whose node info has not arrived yet.
@@ -271,9 +311,14 @@ impl Catalog {
                 Some(e) => {
                     let mut e = NameEntry::clone(e);
                     e.index = index;
-                    self.names.insert_mut(name, Arc::new(e));
+                    self.names.insert_mut(name.clone(), Arc::new(e));
+                    self.touched.names.insert(name);
                 }
-                None => self.pruned_floor = index,
+                None => {
+                    self.pruned_floor = index;
+                    self.touched.absent_names = true;
+                    self.touched.names.insert(name);
+                }
             }
         }
     }
@@ -411,6 +456,7 @@ impl Catalog {
         }
         self.index = index;
         entry.indexes.modify = index;
+        self.touched.nodes.insert(node.to_string());
         entry.record.version += 1;
         if touch_all {
             // Node facts and node-level checks show in every instance of the node.
@@ -427,10 +473,10 @@ impl Catalog {
             }
         }
         if node_changed && entry.listed {
-            self.nodes_index = index;
+            self.set_nodes_index(index);
         }
         if services_changed && serving {
-            self.services_index = index;
+            self.set_services_index(index);
         }
         self.stamp_names(touched, index);
         self.nodes.insert_mut(node.to_string(), Arc::new(entry));
@@ -492,6 +538,7 @@ impl Catalog {
             entry.gossip_addr = s.gossip_addr;
         }
         entry.indexes.modify = index;
+        self.touched.nodes.insert(node.to_string());
         let now_serving = entry.serving();
         let services: Vec<Arc<Service>> = entry.record.services.values().cloned().collect();
         if was_serving != now_serving {
@@ -500,7 +547,7 @@ impl Catalog {
                 self.count_instance(node, svc, now_serving, true);
             }
             if !services.is_empty() {
-                self.services_index = index;
+                self.set_services_index(index);
             }
         }
         // Status and flags show in every instance's health and in the member list (a node
@@ -516,7 +563,7 @@ impl Catalog {
             );
         }
         self.stamp_names(services.iter().map(|s| lower(&s.name)), index);
-        self.nodes_index = index;
+        self.set_nodes_index(index);
         self.nodes.insert_mut(node.to_string(), Arc::new(entry));
         Outcome {
             index,
@@ -557,7 +604,7 @@ impl Catalog {
         }
         self.protect_since_ms = since_ms;
         let index = self.bump();
-        self.nodes_index = index;
+        self.set_nodes_index(index);
         Outcome {
             index,
             changed: true,
@@ -574,6 +621,7 @@ impl Catalog {
         };
         let index = self.bump();
         self.nodes.remove_mut(node);
+        self.touched.nodes.insert(node.to_string());
         if entry.stale {
             self.stale_nodes = self.stale_nodes.saturating_sub(1);
             if self.stale_nodes == 0 {
@@ -587,8 +635,8 @@ impl Catalog {
             names.push(lower(&svc.name));
         }
         self.stamp_names(names, index);
-        self.nodes_index = index;
-        self.services_index = index;
+        self.set_nodes_index(index);
+        self.set_services_index(index);
         Outcome {
             index,
             changed: true,
@@ -765,6 +813,11 @@ impl Snapshot {
             .get(&lower(name))
             .map_or(self.pruned_floor, |e| e.index)
             .max(1)
+    }
+
+    /// Whether any instance of `name` (lowercase) is held, served or not.
+    pub fn holds_name(&self, lower_name: &str) -> bool {
+        self.names.contains_key(lower_name)
     }
 
     /// Since when answers may include stale instances, if they may.
@@ -1082,5 +1135,36 @@ mod tests {
         assert!(!c.remove_node("a").changed);
         assert!(c.snapshot().node("a").is_none());
         assert_eq!(c.snapshot().instances("web").count(), 0);
+    }
+
+    #[test]
+    fn touched_names_only_what_moved() {
+        let mut c = Catalog::new();
+        c.set_standing("a", Standing::alive(), 0);
+        set(&mut c, "a", svc("w", "Web"));
+        set(&mut c, "a", svc("d", "db"));
+        c.take_touched();
+        set(&mut c, "a", svc("d", "db"));
+        assert!(c.take_touched().is_empty(), "a repeat moves nothing");
+        let mut db = svc("d", "db");
+        db.port = 99;
+        set(&mut c, "a", db);
+        let t = c.take_touched();
+        assert_eq!(t.names, BTreeSet::from(["db".to_string()]));
+        assert_eq!(t.nodes, BTreeSet::from(["a".to_string()]));
+        assert!(!t.node_list && !t.service_list && !t.absent_names);
+        // A node going down moves every name it serves, and both lists.
+        c.set_status("a", MemberStatus::Failed, 1).unwrap();
+        let t = c.take_touched();
+        assert_eq!(
+            t.names,
+            BTreeSet::from(["db".to_string(), "web".to_string()])
+        );
+        assert!(t.node_list && t.service_list);
+        // Forgetting the last instance of a name moves every absent name's index.
+        c.remove_node("a");
+        let t = c.take_touched();
+        assert!(t.absent_names);
+        assert_eq!(c.snapshot().service_index("never-seen"), c.index());
     }
 }

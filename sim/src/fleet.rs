@@ -22,6 +22,8 @@ pub struct FleetConfig {
     pub loss: f64,
     pub seed: u64,
     pub lifeguard: bool,
+    /// Ask a suspect directly before declaring it down.
+    pub last_check: bool,
     pub fanout: usize,
     /// Hosts start this far apart, each joining a random host already up.
     pub join_every: Duration,
@@ -35,6 +37,7 @@ impl FleetConfig {
             loss,
             seed,
             lifeguard: true,
+            last_check: true,
             fanout: 6,
             join_every: Duration::from_millis(10),
         }
@@ -112,6 +115,7 @@ impl Fleet {
     pub fn new(cfg: FleetConfig) -> Fleet {
         let mut sim = Sim::new(cfg.seed, NetConfig::default().with_loss(cfg.loss));
         sim.template.lifeguard = cfg.lifeguard;
+        sim.template.last_check = cfg.last_check;
         sim.template.fanout = cfg.fanout;
         for i in 0..cfg.nodes {
             sim.add_host(&host_name(i), host_state(i, cfg.services));

@@ -55,6 +55,9 @@ struct FleetArgs {
     /// Turn local health awareness off (to measure what it changes).
     #[arg(long)]
     no_lifeguard: bool,
+    /// Turn the last check before a down verdict off (to measure what it changes).
+    #[arg(long)]
+    no_last_check: bool,
     /// Extra virtual seconds of steady state (counted for false positives).
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
@@ -106,6 +109,7 @@ fn fleet(args: &FleetArgs) {
     let mut cfg = FleetConfig::new(nodes, services, loss, seed);
     cfg.fanout = fanout;
     cfg.lifeguard = !args.no_lifeguard;
+    cfg.last_check = !args.no_last_check;
     let mut f = Fleet::new(cfg);
     let formed = if warm {
         f.form_warm();

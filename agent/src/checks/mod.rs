@@ -11,7 +11,7 @@ pub mod probe;
 pub mod process;
 mod tls;
 
-use crate::agent::{Shared, Stop};
+use crate::shared::{Shared, Stop};
 use crate::state::State;
 use muster_proto::model::{CheckKind, HealthStatus, NodeRecord};
 use std::collections::HashMap;

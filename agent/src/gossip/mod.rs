@@ -10,8 +10,8 @@
 
 pub mod transport;
 
-use crate::agent::{Shared, Stop};
 use crate::metrics::METRICS;
+use crate::shared::{Command, Shared, Stop};
 use muster_proto::gossip::{Event, Node, NodeConfig, Transmit};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,62 +37,6 @@ const STAMP_LOGS_PER_MINUTE: u32 = 5;
 const GOSSIP_RECV_BUFFER: usize = 4 << 20;
 /// The file in `data_dir` that keeps this node's boot stamp and version across runs.
 const STAMPS_FILE: &str = "gossip.json";
-
-/// A request to the gossip task from the HTTP API.
-pub enum Command {
-    Join {
-        addrs: Vec<String>,
-        reply: oneshot::Sender<Result<usize, String>>,
-    },
-    ForceLeave {
-        node: String,
-        prune: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-/// What the HTTP API holds to reach the gossip task.
-#[derive(Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl Handle {
-    /// A handle and the receiving end the gossip task is started with.
-    pub fn channel() -> (Handle, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel(64);
-        (Handle { tx }, rx)
-    }
-
-    /// Joins the cluster through `addr` ("ip:port" or "ip"); returns how many were joined.
-    pub async fn join(&self, addr: &str) -> Result<usize, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Join {
-                addrs: vec![addr.to_string()],
-                reply,
-            })
-            .await
-            .map_err(|_| "gossip is not running".to_string())?;
-        rx.await
-            .map_err(|_| "gossip stopped before the join finished".to_string())?
-    }
-
-    /// Marks a failed member as left (or forgets it entirely with `prune`).
-    pub async fn force_leave(&self, node: &str, prune: bool) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::ForceLeave {
-                node: node.to_string(),
-                prune,
-                reply,
-            })
-            .await
-            .map_err(|_| "gossip is not running".to_string())?;
-        rx.await
-            .map_err(|_| "gossip stopped before force-leave finished".to_string())?
-    }
-}
 
 /// The running gossip task.
 pub struct Started {
@@ -486,7 +430,12 @@ impl Driver {
                 .fetch_add(malformed + implausible, Relaxed);
         }
         if implausible > 0 {
-            METRICS.gossip_dropped("claim", "implausible");
+            METRICS.gossip_dropped_n("claim", "implausible", implausible);
+        }
+        // Identities refused because the member table is full.
+        let refused = s.members_refused - self.reported.members_refused;
+        if refused > 0 {
+            METRICS.gossip_dropped_n("member", "over_capacity", refused);
         }
         self.reported = s.clone();
     }

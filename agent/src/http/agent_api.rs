@@ -108,7 +108,7 @@ pub async fn route(call: &Call) -> ApiResult {
         }
         ["agent", "leave"] => {
             call.require(Method::PUT)?;
-            call.shared.stop_tx.send_replace(crate::agent::Stop::Leave);
+            call.shared.stop_tx.send_replace(crate::shared::Stop::Leave);
             Ok(Reply::empty())
         }
         ["agent", "join", addr] => {

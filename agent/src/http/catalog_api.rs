@@ -2,6 +2,7 @@
 //! the current snapshot, all blocking queries with a per-answer index.
 
 use super::{ApiError, ApiResult, Call, Reply};
+use crate::waiters::Watch;
 use hyper::Method;
 use muster_proto::catalog::Instance;
 use muster_proto::consul;
@@ -15,7 +16,7 @@ pub async fn route(call: &Call) -> ApiResult {
     let segs: Vec<&str> = call.segments.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["catalog", "services"] => {
-            let (snap, idx) = call.blocking(Snapshot::services_index).await?;
+            let (snap, idx) = call.blocking(Watch::ServiceList).await?;
             let mut out = Map::new();
             for (name, tags) in snap.service_names() {
                 out.insert(name, json!(tags));
@@ -23,7 +24,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(Reply::json(&Value::Object(out)).with_index(idx))
         }
         ["catalog", "service", name] => {
-            let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
+            let (snap, idx) = call.blocking(Watch::Service(name)).await?;
             Ok(call.cached_json(idx, || {
                 Value::Array(
                     instances(call, &snap, name)
@@ -34,7 +35,7 @@ pub async fn route(call: &Call) -> ApiResult {
             }))
         }
         ["catalog", "nodes"] => {
-            let (snap, idx) = call.blocking(Snapshot::nodes_index).await?;
+            let (snap, idx) = call.blocking(Watch::NodeList).await?;
             let list: Vec<Value> = snap
                 .nodes()
                 .filter(|n| n.serving() && node_meta_matches(call, n))
@@ -43,7 +44,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(Reply::json(&Value::Array(list)).with_index(idx))
         }
         ["catalog", "node", node] => {
-            let (snap, idx) = call.blocking(|s| node_index(s, node)).await?;
+            let (snap, idx) = call.blocking(Watch::Node(node)).await?;
             let Some(entry) = snap.node(node).filter(|n| n.serving()) else {
                 // Consul answers an unknown node with 200 and null.
                 return Ok(Reply::json(&Value::Null).with_index(idx));
@@ -65,7 +66,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(Reply::json(&json!([dc])).with_index(call.shared.state.snapshot().index()))
         }
         ["health", "service", name] => {
-            let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
+            let (snap, idx) = call.blocking(Watch::Service(name)).await?;
             let passing = call.flag("passing");
             Ok(call.cached_json(idx, || {
                 Value::Array(
@@ -78,7 +79,7 @@ pub async fn route(call: &Call) -> ApiResult {
             }))
         }
         ["health", "checks", name] => {
-            let (snap, idx) = call.blocking(|s| s.service_index(name)).await?;
+            let (snap, idx) = call.blocking(Watch::Service(name)).await?;
             let mut list = Vec::new();
             for i in instances(call, &snap, name).filter(|i| i.node.serving()) {
                 let node = &i.node.record.name;
@@ -100,7 +101,7 @@ pub async fn route(call: &Call) -> ApiResult {
             Ok(Reply::json(&Value::Array(list)).with_index(idx))
         }
         ["health", "node", node] => {
-            let (snap, idx) = call.blocking(|s| node_index(s, node)).await?;
+            let (snap, idx) = call.blocking(Watch::Node(node)).await?;
             let list = snap.node(node).map(consul::node_checks).unwrap_or_default();
             Ok(Reply::json(&Value::Array(list)).with_index(idx))
         }
@@ -113,7 +114,7 @@ pub async fn route(call: &Call) -> ApiResult {
                     ))
                 })?),
             };
-            let (snap, idx) = call.blocking(Snapshot::index).await?;
+            let (snap, idx) = call.blocking(Watch::Catalog).await?;
             let mut list = Vec::new();
             for n in snap.nodes() {
                 let serf = consul::serf_health(n);
@@ -155,12 +156,6 @@ pub async fn route(call: &Call) -> ApiResult {
 fn self_addr(call: &Call) -> String {
     let cfg = call.shared.config.load();
     std::net::SocketAddr::new(cfg.advertise_addr, cfg.ports.gossip).to_string()
-}
-
-fn node_index(s: &Snapshot, node: &str) -> u64 {
-    s.node(node)
-        .map(|n| n.indexes.modify)
-        .unwrap_or_else(|| s.nodes_index())
 }
 
 /// `?node-meta=key:value` (repeatable, all must match).

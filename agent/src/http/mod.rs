@@ -14,7 +14,8 @@ mod operator_api;
 mod ui;
 mod ui_api;
 
-use crate::agent::{Shared, Stop};
+use crate::shared::{Shared, Stop};
+use crate::waiters::Watch;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -240,16 +241,14 @@ impl Call {
         Ok(())
     }
 
-    /// A blocking query: waits until `index_of(snapshot)` passes `?index=`, or `?wait=`
-    /// (default 5m, at most 10m, plus up to 1/16 jitter) runs out, or the agent stops.
-    pub async fn blocking(
-        &self,
-        index_of: impl Fn(&Snapshot) -> u64,
-    ) -> Result<(Arc<Snapshot>, u64), ApiError> {
+    /// A blocking query: waits until the index of what `watch` follows passes `?index=`,
+    /// or `?wait=` (default 5m, at most 10m, plus up to 1/16 jitter) runs out, or the agent
+    /// stops. Only changes to what it follows wake it.
+    pub async fn blocking(&self, watch: Watch<'_>) -> Result<(Arc<Snapshot>, u64), ApiError> {
         let state = &self.shared.state;
-        let mut rx = state.subscribe();
+        let mut changes = state.follow(watch);
         let snap = state.snapshot();
-        let idx = index_of(&snap).max(1);
+        let idx = watch.index(&snap);
         // Parameters are checked even when the answer is immediate, so a typo shows at once.
         let wait = match self.param("wait") {
             None => DEFAULT_WAIT,
@@ -274,10 +273,10 @@ impl Call {
         let mut stop = self.shared.stop_rx();
         loop {
             tokio::select! {
-                r = rx.changed() => {
-                    if r.is_err() { break; }
+                alive = changes.changed() => {
+                    if !alive { break; }
                     let snap = state.snapshot();
-                    let idx = index_of(&snap).max(1);
+                    let idx = watch.index(&snap);
                     if idx > min {
                         return Ok((snap, idx));
                     }
@@ -287,7 +286,7 @@ impl Call {
             }
         }
         let snap = state.snapshot();
-        let idx = index_of(&snap).max(1);
+        let idx = watch.index(&snap);
         Ok((snap, idx))
     }
 }

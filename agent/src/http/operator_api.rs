@@ -58,12 +58,11 @@ async fn keyring(call: &Call) -> ApiResult {
         Method::DELETE => Op::Remove(key_of(call)?),
         ref other => return Err(ApiError::MethodNotAllowed(other.clone())),
     };
-    let summary =
-        crate::keyring::cluster(&call.shared, op)
-            .await
-            .map_err(|ClusterError::Refused(m)| {
-                ApiError::BadRequest(format!("keyring {}: {m}; nothing was changed", op.name()))
-            })?;
+    let summary = crate::keyring::cluster(&call.shared.keyring, &call.shared.state, op)
+        .await
+        .map_err(|ClusterError::Refused(m)| {
+            ApiError::BadRequest(format!("keyring {}: {m}; nothing was changed", op.name()))
+        })?;
     if op != Op::List && summary.errors() > 0 {
         let list: Vec<String> = summary
             .messages

@@ -12,9 +12,9 @@
 //!   stays current on that page).
 
 use super::{ApiError, ApiResult, Call, Reply};
+use crate::waiters::Watch;
 use hyper::Method;
 use muster_proto::status_page::{self, Clocks};
-use muster_proto::Snapshot;
 use serde::Serialize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,18 +24,16 @@ pub async fn route(call: &Call) -> ApiResult {
     let segs: Vec<&str> = call.segments.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["internal", "ui", "services"] => {
-            let (snap, idx) = call.blocking(Snapshot::index).await?;
+            let (snap, idx) = call.blocking(Watch::Catalog).await?;
             Ok(call.cached_json(idx, || to_json(&status_page::services(&snap))))
         }
         ["internal", "ui", "service", name] => {
-            let (snap, idx) = call
-                .blocking(|s| s.service_index(name).max(s.nodes_index()))
-                .await?;
+            let (snap, idx) = call.blocking(Watch::ServiceAndNodes(name)).await?;
             let view = status_page::service(&snap, name, clocks(call));
             Ok(Reply::json(&to_json(&view)).with_index(idx))
         }
         ["internal", "ui", "nodes"] => {
-            let (snap, idx) = call.blocking(Snapshot::index).await?;
+            let (snap, idx) = call.blocking(Watch::Catalog).await?;
             let view = status_page::nodes(&snap, clocks(call));
             Ok(Reply::json(&to_json(&view)).with_index(idx))
         }

@@ -138,6 +138,8 @@ pub struct Prepared {
     authority: Option<Vec<u8>>,
     /// Glue with full owner names.
     glue: Vec<Vec<u8>>,
+    /// What the answer depends on (it stays good while that part's index holds).
+    depends: super::Depends,
 }
 
 fn encode_uncompressed(r: &Record) -> Result<Vec<u8>, ProtoError> {
@@ -187,11 +189,16 @@ impl Prepared {
                 .iter()
                 .map(encode_uncompressed)
                 .collect::<Result<_, _>>()?,
+            depends: res.depends.clone(),
         })
     }
 
     pub fn rcode(&self) -> ResponseCode {
         self.rcode
+    }
+
+    pub fn depends(&self) -> &super::Depends {
+        &self.depends
     }
 }
 

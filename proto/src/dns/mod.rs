@@ -79,8 +79,31 @@ pub enum Transport {
     Tcp,
 }
 
+/// What part of the catalog an answer depends on: a cached answer stays good while that
+/// part's index does not move, whatever else changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Depends {
+    /// The instances of one service name (lowercase).
+    Service(String),
+    /// The node list (addresses, meta, standing).
+    Nodes,
+    /// Nothing in the catalog.
+    Nothing,
+}
+
+impl Depends {
+    /// The index of what an answer depends on, in `snapshot`.
+    pub fn index(&self, snapshot: &Snapshot) -> u64 {
+        match self {
+            Depends::Service(name) => snapshot.service_index(name),
+            Depends::Nodes => snapshot.nodes_index(),
+            Depends::Nothing => 1,
+        }
+    }
+}
+
 /// What the catalog says about one (name, type): independent of the query's id, flags,
-/// EDNS and transport, so it can be cached until the snapshot changes.
+/// EDNS and transport, so it can be cached while what it depends on does not change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolution {
     pub rcode: ResponseCode,
@@ -90,6 +113,8 @@ pub struct Resolution {
     pub authority: Option<Record>,
     /// A/AAAA of SRV targets, sent only for the SRV answers that made it into the reply.
     pub glue: Vec<Record>,
+    /// What it depends on.
+    pub depends: Depends,
 }
 
 /// The outcome of [`resolve`].
@@ -412,7 +437,33 @@ pub fn resolve(
     if !settings.domain.zone_of(&fqdn) {
         return Lookup::Outside;
     }
-    let ctx = Ctx { settings, snapshot };
+    let depends = |labels: &[&[u8]]| -> Depends {
+        let is = |label: &[u8], word: &str| label.eq_ignore_ascii_case(word.as_bytes());
+        match labels {
+            [svc, kind] if is(kind, "service") => Depends::Service(lower(svc)),
+            [first, second, kind] if is(kind, "service") => {
+                match (first.strip_prefix(b"_"), second.strip_prefix(b"_")) {
+                    (Some(svc), Some(_)) => Depends::Service(lower(svc)),
+                    _ => Depends::Service(lower(second)),
+                }
+            }
+            [_, kind] if is(kind, "node") => Depends::Nodes,
+            _ => Depends::Nothing,
+        }
+    };
+    let rel = fqdn
+        .num_labels()
+        .saturating_sub(settings.domain.num_labels()) as usize;
+    let deps = depends(&fqdn.iter().take(rel).collect::<Vec<_>>());
+    // The SOA serial is the index of what the answer is about, so a cached answer and a
+    // fresh one agree.
+    let serial = deps.index(snapshot);
+    let ctx = Ctx {
+        settings,
+        snapshot,
+        depends: deps,
+        serial,
+    };
     let rel_count = fqdn
         .num_labels()
         .saturating_sub(settings.domain.num_labels()) as usize;
@@ -440,6 +491,12 @@ pub fn resolve(
 struct Ctx<'a> {
     settings: &'a DnsSettings,
     snapshot: &'a Snapshot,
+    depends: Depends,
+    serial: u64,
+}
+
+fn lower(label: &[u8]) -> String {
+    String::from_utf8_lossy(label).to_ascii_lowercase()
 }
 
 impl Ctx<'_> {
@@ -449,8 +506,8 @@ impl Ctx<'_> {
         let soa = SOA::new(
             child("ns"),
             child("hostmaster"),
-            // The serial follows the catalog so secondaries (if any) see changes.
-            self.snapshot.index() as u32,
+            // The serial follows what the answer is about, so secondaries (if any) see changes.
+            self.serial as u32,
             3600,
             600,
             86400,
@@ -465,6 +522,7 @@ impl Ctx<'_> {
             answers: Vec::new(),
             authority: Some(self.soa()),
             glue: Vec::new(),
+            depends: self.depends.clone(),
         }
     }
 
@@ -478,6 +536,7 @@ impl Ctx<'_> {
             answers,
             authority: None,
             glue,
+            depends: self.depends.clone(),
         }
     }
 

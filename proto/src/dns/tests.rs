@@ -979,3 +979,46 @@ fn hostname_address_is_the_srv_target_without_glue() {
     );
     assert_soa_only(&r.msg, ResponseCode::NoError);
 }
+
+#[test]
+fn an_answer_depends_on_its_name_only() {
+    use crate::dns::{resolve, Depends, Lookup};
+    use crate::gossip::{EntryKey, Value};
+    let mut c = catalog();
+    let s = settings();
+    let name = |n: &str| Name::from_ascii(n).unwrap();
+    let dep = |snap: &Snapshot, n: &str| match resolve(&name(n), RecordType::SRV, &s, snap) {
+        Lookup::Local(r) => r.depends.clone(),
+        Lookup::Outside => panic!("outside"),
+    };
+    let before = c.snapshot();
+    assert_eq!(
+        dep(&before, "web.service.local."),
+        Depends::Service("web".into())
+    );
+    assert_eq!(
+        dep(&before, "v1.Web.service.local."),
+        Depends::Service("web".into())
+    );
+    assert_eq!(
+        dep(&before, "_web._tcp.service.local."),
+        Depends::Service("web".into())
+    );
+    assert_eq!(dep(&before, "alpha.node.local."), Depends::Nodes);
+    // A change to db leaves web's answer good; a change to web does not.
+    let mut db = svc("db", "db", &[], "", 5433);
+    db.port = 5433;
+    c.apply_changes(
+        "alpha",
+        &[(
+            EntryKey::Service("db".into()),
+            Some(Value::Service(std::sync::Arc::new(db))),
+        )],
+        5,
+    );
+    let after = c.snapshot();
+    let web = Depends::Service("web".into());
+    assert_eq!(web.index(&before), web.index(&after));
+    let dbd = Depends::Service("db".into());
+    assert_ne!(dbd.index(&before), dbd.index(&after));
+}

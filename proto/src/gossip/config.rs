@@ -30,8 +30,20 @@ pub struct NodeConfig {
     pub reconnect_timeout: Duration,
     /// Local health awareness (see `health`). Off only to measure what it changes.
     pub lifeguard: bool,
+    /// Ask a suspect directly before declaring it down (see `Node::last_check`). Off only to
+    /// measure what it changes.
+    pub last_check: bool,
     pub protect: ProtectPolicy,
+    /// The most members (of every standing, SWIM's down ones included) this node holds.
+    /// At the limit, identities it does not hold are refused until some are forgotten; a
+    /// peer cannot make it hold more, whatever it claims. Default [`MAX_MEMBERS`].
+    pub max_members: usize,
 }
+
+/// Default of [`NodeConfig::max_members`]: six times the 10,000 hosts muster is built for,
+/// and as many as one join reply may list (`wire::MAX_ITEMS`). A member costs a few
+/// hundred bytes here, so this bounds the table to tens of MiB.
+pub const MAX_MEMBERS: usize = super::wire::MAX_ITEMS;
 
 impl NodeConfig {
     pub fn new(name: impl Into<Name>, gossip_addr: SocketAddr) -> NodeConfig {
@@ -46,7 +58,9 @@ impl NodeConfig {
             sync_interval: Duration::from_secs(30),
             reconnect_timeout: Duration::from_secs(72 * 3600),
             lifeguard: true,
+            last_check: true,
             protect: ProtectPolicy::default(),
+            max_members: MAX_MEMBERS,
         }
     }
 }

@@ -43,6 +43,18 @@ pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 pub const MAX_NODE_BYTES: usize = 1024 * 1024;
 /// The most entries (live and tombstones) one node's state may hold.
 pub const MAX_NODE_ENTRIES: usize = 32 * 1024;
+/// The largest entry a copy holds, key and value encoded: room for the key beside a value of
+/// [`MAX_ENTRY_BYTES`]. Peers check what they receive against this, not against what the
+/// owner checks, so that nothing an honest owner authors is ever refused.
+pub const MAX_HELD_ENTRY_BYTES: usize = 2 * MAX_ENTRY_BYTES;
+/// The most a copy of one node's state holds (keys and values of live entries and
+/// tombstones, encoded). An honest owner stays under [`MAX_NODE_BYTES`] of values; keys
+/// repeat the ids inside the values, and tombstones are at most as many as live entries
+/// (or 128), so it can never reach this.
+pub const MAX_HELD_NODE_BYTES: usize = 4 * MAX_NODE_BYTES;
+/// The longest node name taken from a peer (names are DNS labels of at most 63 characters;
+/// this leaves room and bounds what a name in a message can make a member hold).
+pub const MAX_NAME_BYTES: usize = 255;
 /// Ranges of changes held beyond a gap, at most (more wait for anti-entropy).
 const MAX_PENDING_RANGES: usize = 16;
 /// Tombstones kept per node beyond this (or beyond half the live entries, if more) are
@@ -136,6 +148,21 @@ pub enum DataError {
     FullWithTombstone,
     #[error("node state would exceed {0} entries")]
     TooManyEntries(usize),
+    #[error("entry of {0} bytes is over the limit of {MAX_HELD_ENTRY_BYTES}")]
+    EntryTooLarge(usize),
+    #[error("node state would hold {0} bytes, over the limit of {1}")]
+    TooLarge(usize, usize),
+    #[error("node name of {0} bytes is over the limit of {MAX_NAME_BYTES}")]
+    NameTooLong(usize),
+}
+
+/// What an entry costs a copy: its key and value, encoded.
+fn entry_bytes(key: &EntryKey, value: Option<&Value>) -> usize {
+    let key = postcard::experimental::serialized_size(key).unwrap_or(0);
+    let value = value.map_or(0, |v| {
+        postcard::experimental::serialized_size(v).unwrap_or(0)
+    });
+    key + value
 }
 
 /// One applied change: the entry's key and its new value (`None`: it is gone).
@@ -157,6 +184,8 @@ pub struct NodeData {
     entries: RedBlackTreeMapSync<EntryKey, Entry>,
     live: usize,
     tombstones: usize,
+    /// Encoded size of every entry held (see [`MAX_HELD_NODE_BYTES`]).
+    bytes: usize,
 }
 
 impl NodeData {
@@ -203,6 +232,11 @@ impl NodeData {
         self.tombstones
     }
 
+    /// Encoded size of every entry held, keys included.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether the copy is exactly the owner's state at `version` (no out-of-order extras).
     pub fn is_settled(&self) -> bool {
         self.ahead <= self.version
@@ -217,18 +251,29 @@ impl NodeData {
     }
 
     fn put(&mut self, key: EntryKey, entry: Entry) {
-        let was = self.entries.get(&key).map(|e| e.value.is_some());
-        match was {
-            Some(true) => self.live -= 1,
-            Some(false) => self.tombstones -= 1,
-            None => {}
-        }
+        self.take(&key);
         if entry.value.is_some() {
             self.live += 1;
         } else {
             self.tombstones += 1;
         }
+        self.bytes += entry_bytes(&key, entry.value.as_ref());
         self.entries.insert_mut(key, entry);
+    }
+
+    /// Removes an entry, keeping the counts in step.
+    fn take(&mut self, key: &EntryKey) {
+        if let Some(old) = self.entries.get(key) {
+            if old.value.is_some() {
+                self.live -= 1;
+            } else {
+                self.tombstones -= 1;
+            }
+            self.bytes = self
+                .bytes
+                .saturating_sub(entry_bytes(key, old.value.as_ref()));
+            self.entries.remove_mut(key);
+        }
     }
 
     // ----- the owner's side -----
@@ -303,8 +348,7 @@ impl NodeData {
         dead.sort();
         let drop = dead.len() - keep;
         for (version, key) in dead.into_iter().take(drop) {
-            self.entries.remove_mut(&key);
-            self.tombstones -= 1;
+            self.take(&key);
             self.base = self.base.max(version);
         }
     }
@@ -374,6 +418,12 @@ impl NodeData {
 
     /// Checks a delta's shape before anything of it is applied.
     pub fn check(delta: &Delta) -> Result<(), DataError> {
+        if delta.node.len() > MAX_NAME_BYTES {
+            return Err(DataError::NameTooLong(delta.node.len()));
+        }
+        if delta.entries.len() > MAX_NODE_ENTRIES {
+            return Err(DataError::TooManyEntries(MAX_NODE_ENTRIES));
+        }
         if !delta.full && delta.from >= delta.to {
             return Err(DataError::BadRange(delta.from, delta.to));
         }
@@ -405,9 +455,10 @@ impl NodeData {
             if !seen.insert(&e.key) {
                 return Err(DataError::Duplicate);
             }
-        }
-        if delta.entries.len() > MAX_NODE_ENTRIES {
-            return Err(DataError::TooManyEntries(MAX_NODE_ENTRIES));
+            let size = entry_bytes(&e.key, e.value.as_ref());
+            if size > MAX_HELD_ENTRY_BYTES {
+                return Err(DataError::EntryTooLarge(size));
+            }
         }
         Ok(())
     }
@@ -415,18 +466,43 @@ impl NodeData {
     /// Applies a delta; returns the entries whose value changed. Applying the same delta
     /// twice, or deltas in any order, ends in the same state as applying each once in order.
     pub fn apply(&mut self, delta: &Delta) -> Result<Vec<Change>, DataError> {
+        self.apply_within(delta, MAX_HELD_NODE_BYTES)
+    }
+
+    /// [`NodeData::apply`], refusing (with nothing changed) a delta after which this copy
+    /// would hold more than `max_bytes` or [`MAX_NODE_ENTRIES`] entries.
+    pub fn apply_within(
+        &mut self,
+        delta: &Delta,
+        max_bytes: usize,
+    ) -> Result<Vec<Change>, DataError> {
         Self::check(delta)?;
+        let max_bytes = max_bytes.min(MAX_HELD_NODE_BYTES);
         if delta.full {
-            return self.apply_full(delta);
+            return self.apply_full(delta, max_bytes);
+        }
+        // What the copy would hold afterwards, before anything of it is applied.
+        let (mut count, mut bytes) = (self.live + self.tombstones, self.bytes);
+        for e in &delta.entries {
+            if self.newer(&e.key, e.version) {
+                match self.entries.get(&e.key) {
+                    Some(old) => {
+                        bytes = bytes.saturating_sub(entry_bytes(&e.key, old.value.as_ref()))
+                    }
+                    None => count += 1,
+                }
+                bytes += entry_bytes(&e.key, e.value.as_ref());
+            }
+        }
+        if count > MAX_NODE_ENTRIES {
+            return Err(DataError::TooManyEntries(MAX_NODE_ENTRIES));
+        }
+        if bytes > max_bytes.max(self.bytes) {
+            return Err(DataError::TooLarge(bytes, max_bytes));
         }
         let mut changes = Vec::new();
         for e in &delta.entries {
             if self.newer(&e.key, e.version) {
-                if self.entries.get(&e.key).is_none()
-                    && self.live + self.tombstones >= MAX_NODE_ENTRIES
-                {
-                    return Err(DataError::TooManyEntries(MAX_NODE_ENTRIES));
-                }
                 let before = self.get(&e.key).cloned();
                 self.put(
                     e.key.clone(),
@@ -488,7 +564,7 @@ impl NodeData {
         }
     }
 
-    fn apply_full(&mut self, delta: &Delta) -> Result<Vec<Change>, DataError> {
+    fn apply_full(&mut self, delta: &Delta, max_bytes: usize) -> Result<Vec<Change>, DataError> {
         if (delta.to, delta.run) <= self.stamp() {
             return Ok(Vec::new());
         }
@@ -515,6 +591,12 @@ impl NodeData {
                 next.put(k.clone(), held.clone());
                 next.ahead = next.ahead.max(held.version);
             }
+        }
+        if next.live + next.tombstones > MAX_NODE_ENTRIES {
+            return Err(DataError::TooManyEntries(MAX_NODE_ENTRIES));
+        }
+        if next.bytes > max_bytes.max(self.bytes) {
+            return Err(DataError::TooLarge(next.bytes, max_bytes));
         }
         let mut changes = Vec::new();
         for (k, e) in next.entries.iter() {
@@ -695,6 +777,111 @@ mod tests {
         // A copy far behind gets the whole (empty) state.
         let d = owner.delta_since(&n, 5, 1).unwrap();
         assert!(d.full && d.entries.is_empty());
+    }
+
+    /// A service of about `bytes` encoded.
+    fn big(id: &str, bytes: usize) -> Value {
+        let mut meta = BTreeMap::new();
+        for i in 0..bytes / 1000 {
+            meta.insert(format!("k{i}"), "x".repeat(990));
+        }
+        Value::Service(Arc::new(Service {
+            id: id.into(),
+            name: "big".into(),
+            tags: vec![],
+            address: String::new(),
+            port: 1,
+            meta,
+            weights: Weights::default(),
+            enable_tag_override: false,
+        }))
+    }
+
+    fn one(id: &str, from: u64, value: Option<Value>) -> Delta {
+        Delta {
+            node: name(),
+            run: 1,
+            from,
+            to: from + 1,
+            full: false,
+            entries: vec![WireEntry {
+                key: key(id),
+                version: from + 1,
+                value,
+            }],
+        }
+    }
+
+    #[test]
+    fn what_a_copy_holds_is_bounded_and_a_refusal_changes_nothing() {
+        // One entry over the limit (key and value encoded) is refused.
+        let mut copy = NodeData::new();
+        let err = copy
+            .apply(&one("a", 0, Some(big("a", MAX_HELD_ENTRY_BYTES + 1000))))
+            .unwrap_err();
+        assert!(matches!(err, DataError::EntryTooLarge(_)), "{err}");
+        // A tombstone's key counts too.
+        let long = "k".repeat(MAX_HELD_ENTRY_BYTES + 1);
+        assert!(copy.apply(&one(&long, 0, None)).is_err());
+        assert_eq!(copy, NodeData::new());
+
+        // The whole state: entries under the entry limit, until the node limit.
+        let mut from = 0;
+        loop {
+            let before = copy.clone();
+            let id = format!("s{from}");
+            match copy.apply(&one(&id, from, Some(big(&id, 100_000)))) {
+                Ok(_) => from += 1,
+                Err(e) => {
+                    assert!(matches!(e, DataError::TooLarge(..)), "{e}");
+                    assert_eq!(copy, before, "a refused delta changed the copy");
+                    break;
+                }
+            }
+        }
+        assert!(copy.bytes() <= MAX_HELD_NODE_BYTES);
+        assert!(copy.bytes() > MAX_HELD_NODE_BYTES - 200_000);
+        // Shrinking is always allowed, even below a smaller limit.
+        copy.apply_within(&one("s0", from, None), 1).unwrap();
+        // A full state over the limit is refused whole.
+        let mut owner = NodeData::own(2, 0);
+        for i in 0..50 {
+            let id = format!("f{i}");
+            owner.author(&name(), key(&id), Some(big(&id, 100_000)));
+        }
+        let mut fresh = NodeData::new();
+        assert!(fresh.apply(&owner.full(&name())).is_err());
+        assert_eq!(fresh, NodeData::new());
+    }
+
+    #[test]
+    fn bytes_are_counted_as_entries_come_and_go() {
+        let (owner, ds) = history();
+        let mut copy = NodeData::new();
+        for d in &ds {
+            copy.apply(d).unwrap();
+        }
+        let expect: usize = copy
+            .entries
+            .iter()
+            .map(|(k, e)| entry_bytes(k, e.value.as_ref()))
+            .sum();
+        assert_eq!(copy.bytes(), expect);
+        assert!(expect > 0);
+        let mut whole = NodeData::new();
+        whole.apply(&owner.full(&name())).unwrap();
+        let expect: usize = whole.values().map(|(k, v)| entry_bytes(k, Some(v))).sum();
+        assert_eq!(whole.bytes(), expect);
+    }
+
+    #[test]
+    fn overlong_node_names_are_refused() {
+        let mut d = one("a", 0, None);
+        d.node = "n".repeat(MAX_NAME_BYTES + 1).into();
+        assert_eq!(
+            NodeData::new().apply(&d),
+            Err(DataError::NameTooLong(MAX_NAME_BYTES + 1))
+        );
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub const CHUNK_DATA: usize = 64 * 1024;
 pub const MAX_CHUNK: usize = CHUNK_DATA + SEALED_OVERHEAD;
 /// The longest refusal reason.
 pub const MAX_REFUSAL: usize = 256;
-/// The largest frame payload (kind byte included) a reader accepts by default.
-pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024 * 1024;
+/// The largest frame payload (kind byte included) a reader accepts by default: the kind
+/// byte and the largest message the gossip node decodes ([`super::wire::MAX_STREAM_FRAME`]),
+/// so that no frame is read whole only to be refused once it is in.
+pub const MAX_FRAME_PAYLOAD: usize = 1 + super::wire::MAX_STREAM_FRAME;
 
 const LAST: u32 = 1 << 31;
 const REFUSAL: u32 = 1 << 30;

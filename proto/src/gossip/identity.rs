@@ -14,7 +14,7 @@
 //! An identity is shared (`Arc`, hash-consed on decode): foca keeps one per member in every
 //! member's table, so a 10,000-node simulation holds 10^8 of them.
 
-use super::data::Name;
+use super::data::{Name, MAX_NAME_BYTES};
 use super::intern::{self, Table};
 use foca::Identity;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -88,8 +88,17 @@ impl Serialize for NodeId {
 }
 
 impl<'de> Deserialize<'de> for NodeId {
+    /// Refuses names longer than [`MAX_NAME_BYTES`]: every member holds the identities it is
+    /// told of, so a name's length is bounded where it enters.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IdParts::deserialize(d).map(NodeId::from_parts)
+        let parts = IdParts::deserialize(d)?;
+        if parts.name.len() > MAX_NAME_BYTES {
+            return Err(serde::de::Error::custom(format!(
+                "member name of {} bytes is over the limit of {MAX_NAME_BYTES}",
+                parts.name.len()
+            )));
+        }
+        Ok(NodeId::from_parts(parts))
     }
 }
 
@@ -127,6 +136,24 @@ mod tests {
         let restarted = NodeId::new("a", a.addr(), 99);
         assert!(restarted.supersedes(&a));
         assert!(a.with_boot(u64::MAX).renew().is_none());
+    }
+
+    #[test]
+    fn overlong_names_are_refused_when_decoded() {
+        let long = NodeId::new(
+            "x".repeat(MAX_NAME_BYTES + 1),
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+        );
+        let bytes = postcard::to_allocvec(&long).unwrap();
+        assert!(postcard::from_bytes::<NodeId>(&bytes).is_err());
+        let fits = NodeId::new(
+            "x".repeat(MAX_NAME_BYTES),
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+        );
+        let bytes = postcard::to_allocvec(&fits).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), fits);
     }
 
     #[test]

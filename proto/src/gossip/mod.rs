@@ -23,6 +23,10 @@ pub mod recent;
 pub mod timers;
 pub mod wire;
 
+/// foca's types (headers, messages, member updates), for tools and tests that speak SWIM
+/// to a node.
+pub use foca;
+
 pub use config::{swim_config, sync_interval, NodeConfig};
 pub use data::{Change, Delta, EntryKey, Name, NodeData, NodeInfo, Value};
 pub use envelope::{Channel, GossipKey, OpenError};

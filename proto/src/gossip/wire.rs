@@ -33,13 +33,19 @@ pub const TRAILER_HASHES: usize = 24;
 pub const TRAILER_BYTES: usize = 1 + 8 * TRAILER_HASHES;
 /// What foca may fill in a SWIM datagram.
 pub const MAX_SWIM_PACKET: usize = MAX_PAYLOAD - 3 - TRAILER_BYTES;
-/// The largest stream frame (request or reply) accepted, before it is opened or decoded.
+/// The largest stream message (request or reply) accepted, before it is decoded; the
+/// transport reads no larger frame (`frame::MAX_FRAME_PAYLOAD`). What a node sends stays
+/// well below: a reply carries [`SYNC_BUDGET`] of changes plus at most one node's state
+/// (`data::MAX_HELD_NODE_BYTES`), a join reply at most [`MAX_ITEMS`] members.
 pub const MAX_STREAM_FRAME: usize = 8 * 1024 * 1024;
 /// A sync reply stops adding node changes once it has this many bytes (it always carries at
 /// least one node's, which may be up to a node's largest state).
 pub const SYNC_BUDGET: usize = 2 * 1024 * 1024;
 /// Most items (deltas, wants, summaries, hashes) one message may carry.
 pub const MAX_ITEMS: usize = 65_536;
+/// Most hashes one pull datagram asks for: each takes up to 10 bytes encoded, and the
+/// whole must fit in [`MAX_PAYLOAD`] (the receiver refuses a larger datagram unread).
+pub const PULL_HASHES: usize = (MAX_PAYLOAD - 8) / 10;
 
 /// A verdict about a member that its owner did not author.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +180,8 @@ pub enum WireError {
     Decode(String),
     #[error("message carries {0} items, over the limit of {MAX_ITEMS}")]
     TooManyItems(usize),
+    #[error("unencodable message: {0}")]
+    Encode(String),
 }
 
 /// postcard encoding (plain data into a Vec cannot fail).
@@ -237,6 +245,24 @@ pub fn alive_datagram(a: &Alive) -> Vec<u8> {
     let mut out = vec![KIND_ALIVE];
     out.extend(encode(a));
     out
+}
+
+/// Encodes a SWIM packet as foca does: its header, then the member updates it carries
+/// (`[header][count u16][member]*`). The node never needs it (foca encodes its own); tools
+/// and tests that speak to a node as a peer would do.
+pub fn swim_packet(
+    header: &foca::Header<NodeId>,
+    updates: &[foca::Member<NodeId>],
+) -> Result<Vec<u8>, WireError> {
+    let mut out = postcard::to_allocvec(header).map_err(|e| WireError::Encode(e.to_string()))?;
+    if !updates.is_empty() {
+        let n = u16::try_from(updates.len()).map_err(|_| WireError::TooManyItems(updates.len()))?;
+        out.extend_from_slice(&n.to_be_bytes());
+        for m in updates {
+            out = postcard::to_extend(m, out).map_err(|e| WireError::Encode(e.to_string()))?;
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a datagram payload (after the envelope is opened).
@@ -404,6 +430,16 @@ mod tests {
         for n in 0..good.len() {
             let _ = parse_datagram(&good[..n]);
         }
+    }
+
+    #[test]
+    fn a_full_pull_fits_in_a_datagram() {
+        let pull = Pull {
+            hashes: vec![u64::MAX; PULL_HASHES],
+        };
+        let d = pull_datagram(&pull);
+        assert!(d.len() <= MAX_PAYLOAD, "{} bytes", d.len());
+        assert_eq!(parse_datagram(&d).unwrap(), Datagram::Pull(pull));
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl AddrIndex {
     /// Rebuilds the whole table from `inner` (after a shuffle, or to grow).
     fn rebuild<T: crate::Identity>(&mut self, inner: &[Member<T>]) {
         let mut size = 16;
-        while size < inner.len() * 4 + 4 {
+        while size < inner.len() * 2 + 2 {
             size *= 2;
         }
         self.slots.clear();

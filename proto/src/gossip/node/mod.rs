@@ -17,6 +17,8 @@
 //! * `sync`: anti-entropy over streams — digests first, then only what differs — for joins,
 //!   healed partitions, returning members and anything the pushes missed.
 
+#[cfg(test)]
+mod hostile;
 mod peers;
 mod spread;
 mod sync;
@@ -40,7 +42,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use sync::Session;
 
-pub use peers::MemberView;
+pub use super::config::MAX_MEMBERS;
+pub use peers::{MemberView, MAX_UNCONFIRMED, UNCONFIRMED_BYTES};
 
 type Swim = Foca<NodeId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
@@ -63,8 +66,15 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 const RECONNECT_BUDGET: usize = 8;
 /// How often failed and left members are checked for reaping.
 const REAP_EVERY: Duration = Duration::from_secs(5);
-/// Client streams (syncs and fetches) open at once.
-const MAX_SESSIONS: usize = 8;
+/// Client streams (syncs and fetches) open at once (joins, which only the operator starts,
+/// aside). Their replies are at most `wire::MAX_STREAM_FRAME` each, and the transport's
+/// frame budget is shared by all of them.
+pub const MAX_SESSIONS: usize = 8;
+/// Most identities one datagram can name (the smallest encoded member is 11 bytes).
+const MAX_IDS_PER_DATAGRAM: usize = super::wire::MAX_PAYLOAD / 11 + 1;
+/// Most datagrams one pull is answered with (a pull fits in one datagram; this bounds what a
+/// forged source address can make this node send to someone else).
+const MAX_PULL_REPLY: usize = 64;
 /// A member's claim that a node is this many versions ahead of what we hold is refused.
 pub const MAX_VERSION_JUMP: u64 = 1 << 32;
 /// No boot stamp or version above this is ever taken (no run could count that far; room
@@ -150,6 +160,8 @@ pub struct Stats {
     pub changes_applied: u64,
     /// Times this node moved its own boot stamp or version above what a peer held.
     pub self_jumps: u64,
+    /// Identities refused because the member table is full (see `NodeConfig::max_members`).
+    pub members_refused: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,10 +208,20 @@ pub struct Node {
     burst_until: Option<Duration>,
     /// Members to sync with soon (returned after a failure, or holding a gap), in order.
     to_sync: VecDeque<Name>,
-    /// Nodes with a gap to fetch: (node, from whom, when).
-    gaps: VecDeque<(Name, SocketAddr, Duration)>,
+    /// Nodes with changes to fetch, in deadline order.
+    gaps: VecDeque<Gap>,
     /// Suspects asked "are you alive?" whose down verdict waits for the answer.
     confirming: rustc_hash::FxHashSet<(NodeId, u16)>,
+}
+
+/// A node whose changes up to `want` we lack: fetched from `from` at `at` unless they
+/// arrive first.
+#[derive(Clone, Debug)]
+struct Gap {
+    node: Name,
+    from: SocketAddr,
+    at: Duration,
+    want: u64,
 }
 
 impl Node {
@@ -416,18 +438,22 @@ impl Node {
         let mut merged: Option<super::data::Delta> = None;
         for (key, value) in changes {
             let d = self.own.author(&name, key, value);
-            merged = Some(match merged {
-                None => d,
-                Some(mut m) => {
-                    m.entries.retain(|e| e.key != d.entries[0].key);
+            match &mut merged {
+                None => merged = Some(d),
+                Some(m) => {
                     m.to = d.to;
                     m.entries.extend(d.entries);
-                    m
                 }
-            });
+            }
         }
         self.count_self();
-        if let Some(d) = merged {
+        if let Some(mut d) = merged {
+            // A key authored twice in one batch travels once, with its last value (linear
+            // in the batch: a node starting with thousands of services publishes them all).
+            let mut seen = rustc_hash::FxHashSet::default();
+            d.entries.reverse();
+            d.entries.retain(|e| seen.insert(e.key.clone()));
+            d.entries.reverse();
             self.spread_new(now, d, None);
         }
     }
@@ -453,24 +479,15 @@ impl Node {
     /// of each — instead of learning it all through joins: what a node restarted with a
     /// persisted catalog would do, and how the simulator sets up a formed fleet of thousands
     /// without replaying thousands of whole-catalog joins. SWIM then probes every member and
-    /// anti-entropy brings in whatever changed since the view was taken.
+    /// anti-entropy brings in whatever changed since the view was taken. The caller holds
+    /// those states already: no `Data` event is reported for them.
     pub fn warm_start(&mut self, now: Duration, view: Vec<(NodeId, std::sync::Arc<NodeData>)>) {
         let mut members = Vec::with_capacity(view.len());
         for (id, data) in view {
             if id.name() == self.cfg.name {
                 continue;
             }
-            let changes: Vec<Change> = data
-                .values()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
             self.peers.adopt(&id, data, now);
-            if !changes.is_empty() {
-                self.events.push_back(Event::Data {
-                    node: id.name().clone(),
-                    changes,
-                });
-            }
             members.push(foca::Member::alive(id));
         }
         let mut rt = AccumulatingRuntime::new();
@@ -677,6 +694,9 @@ impl Node {
     /// instead of being declared down because its refutation never reached us. Returns
     /// whether the verdict should wait for the answer (false: the check was already made).
     fn last_check(&mut self, _now: Duration, suspect: &NodeId, incarnation: u16) -> bool {
+        if !self.cfg.last_check {
+            return false;
+        }
         let key = (suspect.clone(), incarnation);
         if self.confirming.remove(&key) {
             return false;
@@ -809,7 +829,8 @@ impl Node {
             Ok(applied) => {
                 if applied.gap {
                     if let Some(from) = from {
-                        self.note_gap(now, delta.node.clone(), from, GAP_GRACE);
+                        let want = delta.to;
+                        self.note_gap(now, delta.node.clone(), from, GAP_GRACE, want);
                     }
                 }
                 if applied.implausible {
@@ -833,19 +854,122 @@ impl Node {
         }
     }
 
-    /// Fetches `node`'s missing changes from `from` after `delay`, unless they arrive first.
-    fn note_gap(&mut self, now: Duration, node: Name, from: SocketAddr, delay: Duration) {
-        if self.gaps.iter().any(|(n, _, _)| *n == node) || self.gaps.len() >= 4096 {
+    /// Whether the member table is full (ours, or SWIM's, which also keeps down members).
+    fn at_member_cap(&self) -> bool {
+        self.peers.len() >= self.cfg.max_members
+            || self.swim.iter_membership_state().len() >= self.cfg.max_members
+    }
+
+    /// Whether `id` may be taken as a member: it is held already, or there is room.
+    fn admits(&self, id: &NodeId) -> bool {
+        id.name() == self.cfg.name
+            || self.peers.get(id.name()).is_some_and(|p| p.is(id))
+            || !self.at_member_cap()
+    }
+
+    /// [`Node::admits`], counting a refusal.
+    fn admit(&mut self, id: &NodeId) -> bool {
+        let ok = self.admits(id);
+        if !ok {
+            self.stats.members_refused += 1;
+        }
+        ok
+    }
+
+    /// The members of `list` that may be taken (held already, or within the room left),
+    /// counting the rest as refused.
+    fn admit_members(
+        &mut self,
+        list: impl IntoIterator<Item = foca::Member<NodeId>>,
+    ) -> Vec<foca::Member<NodeId>> {
+        let used = self
+            .peers
+            .len()
+            .max(self.swim.iter_membership_state().len());
+        let mut room = self.cfg.max_members.saturating_sub(used);
+        let mut out = Vec::new();
+        for m in list {
+            let held = m.id().name() == self.cfg.name
+                || self.peers.get(m.id().name()).is_some_and(|p| p.is(m.id()));
+            if held {
+                out.push(m);
+            } else if room > 0 {
+                room -= 1;
+                out.push(m);
+            } else {
+                self.stats.members_refused += 1;
+            }
+        }
+        out
+    }
+
+    /// Near the member cap, a SWIM packet that names more identities this node does not hold
+    /// than there is room for is refused whole (foca would add them all). Far below the
+    /// cap nothing is looked at: a datagram cannot name more than [`MAX_IDS_PER_DATAGRAM`].
+    fn admits_swim_packet(&self, packet: &[u8]) -> bool {
+        let used = self
+            .peers
+            .len()
+            .max(self.swim.iter_membership_state().len());
+        if used + MAX_IDS_PER_DATAGRAM <= self.cfg.max_members {
+            return true;
+        }
+        let room = self.cfg.max_members.saturating_sub(used);
+        let held = |id: &NodeId| {
+            id.name() == self.cfg.name || self.peers.get(id.name()).is_some_and(|p| p.is(id))
+        };
+        let mut buf = packet;
+        let mut codec = PostcardCodec;
+        let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut codec, &mut buf) else {
+            return true; // foca refuses it
+        };
+        let mut new = usize::from(!held(&header.src));
+        if buf.len() >= 2 && header.message != foca::Message::Broadcast {
+            let count = u16::from_be_bytes([buf[0], buf[1]]);
+            let mut buf = &buf[2..];
+            for _ in 0..count {
+                match foca::Codec::<NodeId>::decode_member(&mut codec, &mut buf) {
+                    Ok(m) => new += usize::from(!held(m.id())),
+                    Err(_) => return true, // foca refuses it
+                }
+            }
+        }
+        new <= room
+    }
+
+    /// Fetches `node`'s changes up to version `want` from `from` after `delay`, unless they
+    /// arrive first. A node already waiting keeps its turn and wants the higher version
+    /// (a fetch asks for everything after what we hold, so one fetch covers both).
+    fn note_gap(
+        &mut self,
+        now: Duration,
+        node: Name,
+        from: SocketAddr,
+        delay: Duration,
+        want: u64,
+    ) {
+        if let Some(g) = self.gaps.iter_mut().find(|g| g.node == node) {
+            g.want = g.want.max(want);
             return;
         }
-        // Kept in deadline order.
+        if self.gaps.len() >= 4096 {
+            return;
+        }
         let at = now + delay;
         let pos = self
             .gaps
             .iter()
-            .position(|(_, _, t)| *t > at)
+            .position(|g| g.at > at)
             .unwrap_or(self.gaps.len());
-        self.gaps.insert(pos, (node, from, at));
+        self.gaps.insert(
+            pos,
+            Gap {
+                node,
+                from,
+                at,
+                want,
+            },
+        );
         self.schedule_fetch(at);
     }
 

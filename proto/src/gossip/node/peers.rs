@@ -11,7 +11,7 @@
 //! Left if it left under the current boot or a later one; else alive if SWIM says up, failed
 //! if SWIM says down. A restart is a higher boot, so a node that is up again is never "left".
 
-use super::super::data::{Change, DataError, Delta, Name, NodeData};
+use super::super::data::{Change, DataError, Delta, Name, NodeData, MAX_HELD_NODE_BYTES};
 use super::super::digest::node_hash;
 use super::super::identity::NodeId;
 use super::super::intern::{self, Table as InternTable};
@@ -29,7 +29,10 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Data-only nodes (pushed to us before SWIM confirmed them) are dropped after this long.
 const UNCONFIRMED_TTL: Duration = Duration::from_secs(60);
 /// Most data-only nodes held at once.
-const MAX_UNCONFIRMED: usize = 1024;
+pub const MAX_UNCONFIRMED: usize = 1024;
+/// Most bytes of state held for data-only nodes together (anyone can push state for a name
+/// that is no member; a member's own state is fetched whole once SWIM confirms it).
+pub const UNCONFIRMED_BYTES: usize = 8 * 1024 * 1024;
 /// A returning member's state is flagged stale at most this long if no sync completes.
 const RETURN_STALE_MAX: Duration = Duration::from_secs(10);
 
@@ -54,7 +57,9 @@ pub struct MemberView {
     pub addr: SocketAddr,
     pub boot: u64,
     pub status: MemberStatus,
-    /// Whether its instances belong in answers (up, or held by protect mode).
+    /// Whether it belongs in answers (up, or held by protect mode, and its state is in: a
+    /// member known only by name and address has nothing to answer with, and anyone can
+    /// claim one).
     pub served: bool,
     /// Whether answers that include it should be flagged stale (held by protect mode, or
     /// back after a failure and not yet reconciled).
@@ -63,17 +68,16 @@ pub struct MemberView {
     pub since: Duration,
 }
 
+/// One member, kept small: every member of a 10,000-node simulation holds 10,000 of these.
 pub(super) struct Peer {
     pub id: NodeId,
     pub data: Arc<NodeData>,
-    /// Boot stamp of an operator's force-leave (0: none).
-    pub forced_boot: u64,
-    /// When `status` last changed (ms on the caller's clock).
-    since_ms: u64,
-    /// Back after a failure, state not yet reconciled: since when (ms + 1; 0: not).
-    returned_ms: u64,
     /// What this peer contributes to the digest (0: nothing).
     counted: u64,
+    /// What few members need (a force-leave, a return not yet reconciled).
+    extra: Option<Box<Extra>>,
+    /// When `status` last changed (seconds on the caller's clock).
+    since_s: u32,
     /// Fingerprint of what the caller was last told (0: nothing).
     told: u32,
     /// Index in the table's list of up members (u32::MAX: not up).
@@ -84,8 +88,24 @@ pub(super) struct Peer {
     pub held: bool,
 }
 
+#[derive(Default)]
+struct Extra {
+    /// Boot stamp of an operator's force-leave (0: none).
+    forced_boot: u64,
+    /// Back after a failure, state not yet reconciled: since when (ms + 1; 0: not).
+    returned_ms: u64,
+    /// The identity this one superseded at another address, while SWIM still holds that one
+    /// up: a later run claimed elsewhere may be an impostor (or a move that failed), and if
+    /// it is declared down first, the member is the earlier run again, not failed.
+    prev: Option<NodeId>,
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u64::from(u32::MAX)) as u32
 }
 
 impl Peer {
@@ -93,10 +113,9 @@ impl Peer {
         Peer {
             id,
             data: Arc::new(NodeData::new()),
-            forced_boot: 0,
-            since_ms: ms(now),
-            returned_ms: 0,
             counted: 0,
+            extra: None,
+            since_s: secs(now),
             told: 0,
             slot: u32::MAX,
             swim: SwimState::Unknown,
@@ -105,16 +124,73 @@ impl Peer {
         }
     }
 
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the extra fields once none is set.
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.forced_boot == 0 && e.returned_ms == 0 && e.prev.is_none())
+        {
+            self.extra = None;
+        }
+    }
+
+    pub fn forced_boot(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.forced_boot)
+    }
+
+    pub fn set_forced_boot(&mut self, boot: u64) {
+        self.extra_mut().forced_boot = boot;
+        self.tidy();
+    }
+
+    /// Whether we hold no state of it: a real agent always publishes its node info at start,
+    /// so such a member is known only by name and address, what anyone can claim.
+    pub fn stateless(&self) -> bool {
+        self.data.version == 0 && self.data.live() == 0
+    }
+
+    /// See `Extra::prev`.
+    pub fn prev(&self) -> Option<&NodeId> {
+        self.extra.as_ref().and_then(|e| e.prev.as_ref())
+    }
+
+    pub fn set_prev(&mut self, prev: Option<NodeId>) {
+        if prev.is_none() && self.extra.is_none() {
+            return;
+        }
+        self.extra_mut().prev = prev;
+        self.tidy();
+    }
+
+    /// Whether `id` is this member's identity, or the one it superseded.
+    pub fn is(&self, id: &NodeId) -> bool {
+        &self.id == id || self.prev() == Some(id)
+    }
+
     pub fn left_boot(&self) -> u64 {
-        self.data.left_boot().unwrap_or(0).max(self.forced_boot)
+        self.data.left_boot().unwrap_or(0).max(self.forced_boot())
+    }
+
+    fn returned_ms(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.returned_ms)
     }
 
     pub fn returned(&self) -> Option<Duration> {
-        (self.returned_ms > 0).then(|| Duration::from_millis(self.returned_ms - 1))
+        let r = self.returned_ms();
+        (r > 0).then(|| Duration::from_millis(r - 1))
     }
 
     pub fn set_returned(&mut self, at: Option<Duration>) {
-        self.returned_ms = at.map_or(0, |t| ms(t) + 1);
+        if at.is_none() && self.extra.is_none() {
+            return;
+        }
+        self.extra_mut().returned_ms = at.map_or(0, |t| ms(t) + 1);
+        self.tidy();
     }
 
     /// The rule.
@@ -132,6 +208,10 @@ impl Peer {
         })
     }
 
+    fn served(&self, status: MemberStatus) -> bool {
+        (status.is_up() || self.held) && !self.stateless()
+    }
+
     pub fn view(&self) -> Option<MemberView> {
         let status = self.status?;
         Some(MemberView {
@@ -139,9 +219,9 @@ impl Peer {
             addr: self.id.gossip_addr(),
             boot: self.id.boot(),
             status,
-            served: status.is_up() || self.held,
-            stale: self.held || self.returned_ms > 0,
-            since: Duration::from_millis(self.since_ms),
+            served: self.served(status),
+            stale: self.held || self.returned_ms() > 0,
+            since: Duration::from_secs(u64::from(self.since_s)),
         })
     }
 
@@ -152,10 +232,10 @@ impl Peer {
         };
         let mut buf = [0u8; 28];
         buf[0] = status.code();
-        buf[1] = u8::from(status.is_up() || self.held);
-        buf[2] = u8::from(self.held || self.returned_ms > 0);
+        buf[1] = u8::from(self.served(status));
+        buf[2] = u8::from(self.held || self.returned_ms() > 0);
         buf[3..11].copy_from_slice(&self.id.boot().to_le_bytes());
-        buf[11..19].copy_from_slice(&self.since_ms.to_le_bytes());
+        buf[11..19].copy_from_slice(&u64::from(self.since_s).to_le_bytes());
         let addr = self.id.gossip_addr();
         buf[19..21].copy_from_slice(&addr.port().to_le_bytes());
         let ip = match addr.ip() {
@@ -184,6 +264,8 @@ pub(super) struct Table {
     /// Members that are up, for random choices in constant time.
     up: Vec<NodeId>,
     unconfirmed: usize,
+    /// Bytes of state held for data-only nodes (bounded by [`UNCONFIRMED_BYTES`]).
+    unconfirmed_bytes: usize,
     /// What our own node contributes to the digest.
     pub own_counted: u64,
 }
@@ -299,7 +381,7 @@ impl Table {
     pub fn departed(&mut self, id: &NodeId, left_boot: u64, now: Duration) {
         let peer = self.entry(id, now);
         peer.swim = SwimState::Down;
-        peer.forced_boot = left_boot;
+        peer.set_forced_boot(left_boot);
     }
 
     /// Takes a node's state from a saved view (see `Node::warm_start`).
@@ -310,6 +392,14 @@ impl Table {
         if fresh {
             self.unconfirmed += 1;
         }
+    }
+
+    /// SWIM now knows a node that was data-only: it no longer counts against the
+    /// data-only bounds.
+    pub fn confirmed(&mut self, name: &str) {
+        let bytes = self.get(name).map_or(0, |p| p.data.bytes());
+        self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        self.unconfirmed_bytes = self.unconfirmed_bytes.saturating_sub(bytes);
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Peer> {
@@ -323,6 +413,7 @@ impl Table {
         };
         if p.swim == SwimState::Unknown {
             self.unconfirmed = self.unconfirmed.saturating_sub(1);
+            self.unconfirmed_bytes = self.unconfirmed_bytes.saturating_sub(p.data.bytes());
         }
         Some(p)
     }
@@ -345,6 +436,7 @@ impl Table {
                 NodeId::new(delta.node.clone(), SocketAddr::from(([0, 0, 0, 0], 0)), 0);
             self.entry(&placeholder, now);
         }
+        let others_unconfirmed = self.unconfirmed_bytes;
         let Some(peer) = self.get_mut(&delta.node) else {
             return Err(DataError::Mismatch);
         };
@@ -364,8 +456,17 @@ impl Table {
             });
         }
         let before = peer.data.version;
+        let bytes_before = peer.data.bytes();
+        // A data-only node shares what is left of the data-only budget.
+        let confirmed = peer.swim != SwimState::Unknown;
+        let limit = if confirmed {
+            MAX_HELD_NODE_BYTES
+        } else {
+            UNCONFIRMED_BYTES.saturating_sub(others_unconfirmed.saturating_sub(bytes_before))
+        };
         let data = Arc::make_mut(&mut peer.data);
-        let changes = data.apply(delta)?;
+        let changes = data.apply_within(delta, limit)?;
+        let bytes_after = data.bytes();
         let gap = !delta.full && delta.from > before && data.version < delta.to;
         if data.is_settled() {
             // Settled copies of one (version, run) hold the same live entries; sharing one
@@ -373,6 +474,10 @@ impl Table {
             let key = (delta.node.clone(), data.version, data.run);
             let mine = std::mem::take(data);
             peer.data = intern::with(&STATES, |t| t.get_or_insert(key, || Arc::new(mine)));
+        }
+        if !confirmed {
+            self.unconfirmed_bytes =
+                (self.unconfirmed_bytes + bytes_after).saturating_sub(bytes_before);
         }
         Ok(Applied {
             changes,
@@ -386,18 +491,40 @@ impl Node {
     /// SWIM says this identity is up.
     pub(super) fn swim_up(&mut self, now: Duration, id: NodeId) {
         if id.name() == self.cfg.name {
+            // Our name at another address (SWIM keeps members apart by address): whoever
+            // claims it there is not us, and peers that take the claim (a run at least as
+            // late as ours) would list us there. Move above it, so that ours wins again.
+            if &id != self.id() && id.boot() >= self.id().boot() {
+                self.learn_self(
+                    now,
+                    super::Claim {
+                        boot: id.boot(),
+                        down: true,
+                        ..super::Claim::default()
+                    },
+                );
+            }
             return;
         }
         let existed = self.peers.get(id.name()).map(|p| p.swim);
+        if existed.is_none() && self.peers.len() >= self.cfg.max_members {
+            self.stats.members_refused += 1;
+            return;
+        }
         let peer = self.peers.entry(&id, now);
         if peer.swim != SwimState::Unknown && id.boot() < peer.id.boot() {
             return; // a late word about an earlier run
         }
         if existed == Some(SwimState::Unknown) {
-            self.peers.unconfirmed = self.peers.unconfirmed.saturating_sub(1);
+            self.peers.confirmed(id.name());
         }
         let peer = self.peers.entry(&id, now);
         let restarted = peer.swim != SwimState::Unknown && id.boot() > peer.id.boot();
+        if peer.id != id {
+            let prev = (peer.swim == SwimState::Up && peer.id.gossip_addr() != id.gossip_addr())
+                .then(|| peer.id.clone());
+            peer.set_prev(prev);
+        }
         peer.id = id.clone();
         peer.swim = SwimState::Up;
         let fetch_state = peer.data.version == 0;
@@ -413,6 +540,7 @@ impl Node {
                 id.name().clone(),
                 id.gossip_addr(),
                 super::RECORD_GRACE,
+                1,
             );
         }
     }
@@ -422,15 +550,35 @@ impl Node {
         let Some(peer) = self.peers.get_mut(id.name()) else {
             return;
         };
+        if peer.prev() == Some(id) {
+            peer.set_prev(None);
+            return;
+        }
         if peer.id != *id {
+            return;
+        }
+        if let Some(prev) = peer.prev().cloned() {
+            peer.set_prev(None);
+            // The run that superseded `prev` at another address is gone while `prev` is
+            // still up: the member is `prev` again (an impostor's claim fails here).
+            peer.id = prev;
+            self.refresh(now, id.name());
+            return;
+        }
+        if peer.stateless() && peer.forced_boot() == 0 {
+            // Nothing but a name and an address we were told of, and nobody answers there:
+            // a ghost (or a member that died before any of its state reached us). There is
+            // nothing to list: it is forgotten at once rather than listed failed for days.
+            self.forget(&id.name().clone());
             return;
         }
         peer.swim = SwimState::Down;
         self.refresh(now, id.name());
     }
 
-    /// Applies a force-leave verdict.
-    pub(super) fn apply_verdict(&mut self, now: Duration, v: &super::super::wire::Verdict) {
+    /// Applies a force-leave verdict; returns false when it is refused (it is about us, or
+    /// about a member SWIM holds up here), so that it is not passed on.
+    pub(super) fn apply_verdict(&mut self, now: Duration, v: &super::super::wire::Verdict) -> bool {
         let super::super::wire::Verdict::ForceLeft(id) = v;
         if id.name() == self.cfg.name {
             // We are alive and say so: a later boot refutes it.
@@ -441,14 +589,21 @@ impl Node {
                     ..super::Claim::default()
                 },
             );
-            return;
+            return false;
         }
         if let Some(p) = self.peers.get_mut(id.name()) {
-            if id.boot() >= p.id.boot() && id.boot() > p.forced_boot {
-                p.forced_boot = id.boot();
+            if p.swim == SwimState::Up {
+                // An operator forces out failed members only. One that SWIM holds up here
+                // was not failed where the verdict began, or is back: SWIM's verdict stands
+                // (and the member, told it was forced out, moves to a later boot anyway).
+                return false;
+            }
+            if id.boot() >= p.id.boot() && id.boot() > p.forced_boot() {
+                p.set_forced_boot(id.boot());
                 self.refresh(now, id.name());
             }
         }
+        true
     }
 
     /// Recomputes a member's standing after any change of its facts, and tells the caller,
@@ -459,9 +614,10 @@ impl Node {
         };
         let before = peer.status;
         let after = peer.derive();
+        let stateful = !peer.stateless();
         if before != after {
             peer.status = after;
-            peer.since_ms = ms(now);
+            peer.since_s = secs(now);
         }
         if peer
             .returned()
@@ -483,12 +639,21 @@ impl Node {
         self.peers.set_up(name, up);
 
         match (before, after) {
-            (Some(MemberStatus::Alive), Some(MemberStatus::Failed)) => {
+            // Only members we hold state of count: members known by name and address
+            // alone (ghosts, which anyone can claim) must not turn protect mode on.
+            (Some(MemberStatus::Alive), Some(MemberStatus::Failed)) if stateful => {
                 let serving = self.served_peers().saturating_sub(1);
                 let suspects = self
                     .swim
                     .iter_membership_state()
-                    .filter(|m| m.state() == foca::State::Suspect && m.id().name() != name)
+                    .filter(|m| {
+                        m.state() == foca::State::Suspect
+                            && m.id().name() != name
+                            && self
+                                .peers
+                                .get(m.id().name())
+                                .is_some_and(|p| !p.stateless() && &p.id == m.id())
+                    })
                     .count();
                 let held = self
                     .protect
@@ -539,8 +704,12 @@ impl Node {
         }
     }
 
+    /// Peers we hold state of that are served (up, or held by protect mode).
     fn served_peers(&self) -> usize {
-        self.peers.up_count() + self.peers.iter().filter(|p| p.held).count()
+        self.peers
+            .iter()
+            .filter(|p| !p.stateless() && (p.slot != u32::MAX || p.held))
+            .count()
     }
 
     pub(super) fn note_protect(&mut self, now: Duration) {
@@ -616,7 +785,7 @@ impl Node {
             .peers
             .iter()
             .filter(|p| {
-                let since = Duration::from_millis(p.since_ms);
+                let since = Duration::from_secs(u64::from(p.since_s));
                 match p.status {
                     None => now.saturating_sub(since) > UNCONFIRMED_TTL,
                     Some(s) => !s.is_up() && now.saturating_sub(since) >= limit,

@@ -9,7 +9,7 @@
 //! pushes missed costs only the pulls themselves. What even that misses, anti-entropy
 //! (`sync`) repairs.
 
-use super::super::data::{Delta, Name};
+use super::super::data::Delta;
 use super::super::recent::{change_hash, verdict_hash, Content};
 use super::super::wire::{self, Datagram, Pull, Push, Verdict, Want, MAX_PAYLOAD};
 use super::{Node, Tick};
@@ -32,6 +32,10 @@ impl Node {
         };
         match datagram {
             Datagram::Swim { packet, trailer } => {
+                if !self.admits_swim_packet(packet) {
+                    self.stats.members_refused += 1;
+                    return;
+                }
                 self.peek_swim_header(now, packet);
                 for h in trailer {
                     if !self.recent.knows(h) {
@@ -53,7 +57,7 @@ impl Node {
             Datagram::Pull(pull) => self.answer_pull(now, from, pull),
             Datagram::Confirm(c) => self.answer_confirm(now, from, c),
             Datagram::Alive(a) => {
-                if a.id.name() != self.cfg.name {
+                if a.id.name() != self.cfg.name && self.admit(&a.id) {
                     // Only the member itself says this; it clears a suspicion that raced
                     // its refutation (the incarnation is above the suspected one).
                     let mut rt = AccumulatingRuntime::new();
@@ -113,11 +117,19 @@ impl Node {
         }
         for v in push.verdicts {
             let hash = verdict_hash(&v);
-            if self.recent.insert(now, hash, Content::Verdict(v.clone())) {
-                self.apply_verdict(now, &v);
-                if push.relay {
-                    self.spread_verdict_to(now, &v, Some(from));
-                }
+            if self.recent.knows(hash) {
+                continue;
+            }
+            // A refused verdict is remembered as seen: neither passed on nor handed out.
+            let accepted = self.apply_verdict(now, &v);
+            let content = if accepted {
+                Content::Verdict(v.clone())
+            } else {
+                Content::Seen
+            };
+            self.recent.insert(now, hash, content);
+            if accepted && push.relay {
+                self.spread_verdict_to(now, &v, Some(from));
             }
         }
         for (node, version) in push.notices {
@@ -125,9 +137,13 @@ impl Node {
             let behind = self
                 .data(&node)
                 .is_none_or(|d| d.version < version && d.ahead < version);
-            if node != self.cfg.name && behind && !self.recent.knows(hash) {
+            if node != self.cfg.name
+                && node.len() <= super::super::data::MAX_NAME_BYTES
+                && behind
+                && !self.recent.knows(hash)
+            {
                 self.recent.insert(now, hash, Content::Seen);
-                self.note_gap(now, node, from, Duration::ZERO);
+                self.note_gap(now, node, from, Duration::ZERO, version);
             }
         }
     }
@@ -152,9 +168,13 @@ impl Node {
         self.send_datagram(from, bytes);
     }
 
-    fn answer_pull(&mut self, now: Duration, from: SocketAddr, pull: Pull) {
+    fn answer_pull(&mut self, _now: Duration, from: SocketAddr, pull: Pull) {
         let mut reply = Push::default();
+        let mut asked = rustc_hash::FxHashSet::default();
         for h in pull.hashes.into_iter().take(wire::MAX_ITEMS) {
+            if !asked.insert(h) {
+                continue; // each change once, however often it is asked for
+            }
             match self.recent.get(h) {
                 Some(Content::Change { node, to }) => {
                     // From the state we hold: the change, and whatever followed it.
@@ -168,7 +188,10 @@ impl Node {
                 _ => {}
             }
         }
-        self.send_pushes(now, from, reply, false);
+        for bytes in pack(reply, false).into_iter().take(super::MAX_PULL_REPLY) {
+            self.stats.push_datagrams += 1;
+            self.send_datagram(from, bytes);
+        }
     }
 
     /// Sends `push` to `to` in as many datagrams as it takes.
@@ -247,7 +270,7 @@ impl Node {
         let recent = &self.recent;
         let due = self.wants.due(now, |h| recent.knows(h));
         for (to, hashes) in due {
-            for chunk in hashes.chunks(150) {
+            for chunk in hashes.chunks(wire::PULL_HASHES) {
                 let bytes = wire::pull_datagram(&Pull {
                     hashes: chunk.to_vec(),
                 });
@@ -280,20 +303,22 @@ impl Node {
             self.start_sync(now, addr, Some(name), false);
         }
         let mut later = None;
-        let mut due: Vec<(Name, SocketAddr)> = Vec::new();
-        while let Some((node, from, at)) = self.gaps.front().cloned() {
-            if at > now {
-                later = Some(at);
+        let mut due: Vec<super::Gap> = Vec::new();
+        while let Some(gap) = self.gaps.front() {
+            if gap.at > now {
+                later = Some(gap.at);
                 break;
             }
-            self.gaps.pop_front();
-            due.push((node, from));
+            due.extend(self.gaps.pop_front());
         }
         // One fetch per member asked, for every node still missing changes.
         let mut by_peer: Vec<(SocketAddr, Vec<Want>)> = Vec::new();
-        for (node, from) in due {
+        for super::Gap {
+            node, from, want, ..
+        } in due
+        {
             let (have, run, filled) = match self.data(&node) {
-                Some(d) => (d.version, d.run, d.version > 0 && d.is_settled()),
+                Some(d) => (d.version, d.run, d.version >= want.max(1) && d.is_settled()),
                 None => (0, 0, false),
             };
             if filled {
@@ -307,9 +332,13 @@ impl Node {
         for (from, wants) in by_peer {
             if self.sessions.len() >= super::MAX_SESSIONS {
                 // Over budget: try again shortly.
-                for (n, _, _) in wants {
-                    self.gaps
-                        .push_back((n, from, now + Duration::from_millis(100)));
+                for (node, have, _) in wants {
+                    self.gaps.push_back(super::Gap {
+                        node,
+                        from,
+                        at: now + Duration::from_millis(100),
+                        want: have + 1,
+                    });
                 }
                 continue;
             }

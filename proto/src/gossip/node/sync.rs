@@ -175,15 +175,15 @@ impl Node {
                         },
                     );
                 }
+                let members = self.admit_members(members);
+                let server_alive = self.admit_members([Member::alive(server.clone())]);
                 let mut rt = AccumulatingRuntime::new();
                 // The join's member table is no news to anyone; the server being alive (a
                 // later run of it, after a healed partition) may be.
                 let _ = self.swim.apply_many(members.into_iter(), false, &mut rt);
-                let _ = self.swim.apply_many(
-                    std::iter::once(Member::alive(server.clone())),
-                    true,
-                    &mut rt,
-                );
+                let _ = self
+                    .swim
+                    .apply_many(server_alive.into_iter(), true, &mut rt);
                 self.drain_swim(now, rt);
                 for s in &departed {
                     self.learn_departed(now, s);
@@ -363,7 +363,7 @@ impl Node {
         // Whoever opens a stream to us is alive (a joiner whose announce was lost, a member
         // back from the other side of a partition under a new boot stamp).
         let client = req.from().clone();
-        if client.name() != self.cfg.name {
+        if client.name() != self.cfg.name && self.admit(&client) {
             let mut rt = AccumulatingRuntime::new();
             let _ = self
                 .swim
@@ -561,6 +561,10 @@ impl Node {
         if s.up || s.id.name() == self.cfg.name || self.peers.get(s.id.name()).is_some() {
             return;
         }
+        if self.peers.len() >= self.cfg.max_members {
+            self.stats.members_refused += 1;
+            return;
+        }
         self.peers.departed(&s.id, s.left_boot, now);
         self.refresh(now, s.id.name());
     }
@@ -587,7 +591,7 @@ impl Node {
             .map(|p| (p.id.boot(), p.status, p.left_boot()));
         let newer_run =
             known.is_none_or(|(boot, status, _)| status.is_none() || s.id.boot() > boot);
-        if s.up && newer_run {
+        if s.up && newer_run && self.admit(&s.id) {
             // Hearsay of a live member: SWIM takes it from here (probes it, and declares it
             // down if it does not answer), and passes a later run of it on. Failed or left
             // hearsay never creates a member.
