@@ -1,33 +1,68 @@
 #!/usr/bin/env bash
-# HTTP benchmark: catalog reads (1 and 100 instances) and registrations against muster, with
-# etcd (Debian etcd-server, v3 JSON gateway) as the real peer in the same run; idle RSS of
-# muster vs a Serf agent (Debian serf). Loopback only; everything it starts it stops.
+# HTTP benchmark, with etcd (Debian etcd-server, v3 JSON gateway) as the real peer in the
+# same run and a Serf agent (Debian serf) for idle memory. Loopback only; everything it
+# starts it stops.
 #
-#   tests/bench/http.sh            # needs: wrk etcd-server serf (apt), a release build
+#   [DUR=10] [REG_CONC="1 16 64"] [FILL=3000] tests/bench/http.sh
+#   needs: wrk etcd-server serf python3 curl (apt); builds the release agent unless
+#   MUSTER_BIN names another binary (e.g. an older build, to compare)
 #
-# Prints one line per figure and a summary table (markdown) at the end.
+# Figures, in this order:
+#   idle RSS              muster vs Serf, each just started
+#   max-rate reads        catalog reads of a service with 1 and with 100 instances vs etcd
+#                         ranges over the same data (wrk 2 threads, 32 connections, best of
+#                         two alternating rounds)
+#   fixed-rate reads      p99 at about 10,000 req/s (24 connections, 2 ms apart), idle, and
+#                         again while 100 registrations/s change the service being read
+#   registrations         with a data_dir (durable before the answer: group commit, one
+#                         syncfs per batch of concurrent writers) vs etcd puts, both at each
+#                         concurrency in REG_CONC (wrk connections); --dev (memory only)
+#   registrations, full   the same on agents already holding FILL services, vs empty ones
+# Prints one line per figure and markdown tables at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DUR=${DUR:-10}
+REG_CONC=${REG_CONC:-"1 16 64"}
+FILL=${FILL:-3000}
 IP=127.0.0.1
-for t in wrk etcd serf; do command -v $t >/dev/null || { echo "missing $t: apt-get install -y wrk etcd-server serf" >&2; exit 1; }; done
-cargo build --release -q -p muster-agent
-BIN=target/release/muster
+for t in wrk etcd serf python3 curl; do
+    command -v $t >/dev/null || { echo "missing $t: tests/install-packages.sh .ci/bench-packages-*.txt" >&2; exit 1; }
+done
+if [ -z "${MUSTER_BIN:-}" ]; then
+    cargo build --release -q -p muster-agent
+    MUSTER_BIN=target/release/muster
+fi
+BIN=$MUSTER_BIN
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 wait_http() { for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k/1024}'; }
 
-HP=$(port); DP=$(port); GP=$(port)
-$BIN agent --dev --node bench --http-port $HP --dns-port $DP --gossip-port $GP --log-level warn &
-MPID=$!; PIDS+=($MPID)
-wait_http "http://$IP:$HP/v1/agent/self"
+# start_agent NAME [data_dir]: starts an agent on free ports; sets AGENT_PID and AGENT_HTTP.
+start_agent() {
+    local hp dp gp
+    hp=$(port); dp=$(port); gp=$(port)
+    $BIN agent --dev --node "$1" --http-port "$hp" --dns-port "$dp" --gossip-port "$gp" \
+        ${2:+--data-dir "$2"} --log-level warn &
+    AGENT_PID=$!; PIDS+=($AGENT_PID)
+    AGENT_HTTP="http://$IP:$hp"
+    wait_http "$AGENT_HTTP/v1/agent/self"
+}
 
-# Serf agent for the idle-RSS comparison.
+echo "== $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The agent serving reads keeps a data_dir, as a production agent does.
+start_agent bench "$WORK/data-read"; MPID=$AGENT_PID; M=$AGENT_HTTP
 SP=$(port); SRP=$(port)
 serf agent -node=bench-serf -bind=$IP:$SP -rpc-addr=$IP:$SRP -log-level=warn >/dev/null 2>&1 &
 SPID=$!; PIDS+=($SPID)
@@ -36,87 +71,139 @@ M_IDLE=$(rss_kib $MPID); S_IDLE=$(rss_kib $SPID)
 echo "idle RSS: muster ${M_IDLE} KiB, serf ${S_IDLE} KiB"
 
 # Catalog content: 1 instance of "one", 100 of "hundred".
-curl -sf -X PUT "http://$IP:$HP/v1/agent/service/register" -d '{"Name":"one","Port":80}' >/dev/null
+curl -sf -X PUT "$M/v1/agent/service/register" -d '{"Name":"one","Port":80}' >/dev/null
 for i in $(seq 1 100); do
-  curl -sf -X PUT "http://$IP:$HP/v1/agent/service/register" \
-    -d "{\"Name\":\"hundred\",\"ID\":\"h$i\",\"Port\":$((8000+i)),\"Tags\":[\"v1\"],\"Meta\":{\"i\":\"$i\"}}" >/dev/null
+    curl -sf -X PUT "$M/v1/agent/service/register" \
+        -d "{\"Name\":\"hundred\",\"ID\":\"h$i\",\"Port\":$((8000 + i)),\"Tags\":[\"v1\"],\"Meta\":{\"i\":\"$i\"}}" >/dev/null
 done
 
-# etcd with the same data: one key per instance under a prefix, read as a range.
+# etcd with the same data: one key per instance under a prefix, read as a range. Its data
+# directory is on the same filesystem as the agents' (both fsync there).
 EC=$(port); EP=$(port)
 etcd --data-dir "$WORK/etcd" --listen-client-urls http://$IP:$EC --advertise-client-urls http://$IP:$EC \
-     --listen-peer-urls http://$IP:$EP --initial-advertise-peer-urls http://$IP:$EP \
-     --initial-cluster default=http://$IP:$EP --log-level error >/dev/null 2>&1 &
+    --listen-peer-urls http://$IP:$EP --initial-advertise-peer-urls http://$IP:$EP \
+    --initial-cluster default=http://$IP:$EP --log-level error >/dev/null 2>&1 &
 PIDS+=($!)
-wait_http "http://$IP:$EC/health"
+E="http://$IP:$EC"
+wait_http "$E/health"
 b64() { printf '%s' "$1" | base64 -w0; }
-curl -sf -X POST "http://$IP:$EC/v3/kv/put" -d "{\"key\":\"$(b64 /svc/one/1)\",\"value\":\"$(b64 '{"Port":80}')\"}" >/dev/null
+curl -sf -X POST "$E/v3/kv/put" -d "{\"key\":\"$(b64 /svc/one/1)\",\"value\":\"$(b64 '{"Port":80}')\"}" >/dev/null
 for i in $(seq 1 100); do
-  curl -sf -X POST "http://$IP:$EC/v3/kv/put" -d "{\"key\":\"$(b64 /svc/hundred/h$i)\",\"value\":\"$(b64 "{\"Port\":$((8000+i)),\"Tags\":[\"v1\"]}")\"}" >/dev/null
+    curl -sf -X POST "$E/v3/kv/put" -d "{\"key\":\"$(b64 /svc/hundred/h$i)\",\"value\":\"$(b64 "{\"Port\":$((8000 + i)),\"Tags\":[\"v1\"]}")\"}" >/dev/null
 done
 RANGE_ONE="{\"key\":\"$(b64 /svc/one/)\",\"range_end\":\"$(b64 /svc/one0)\"}"
 RANGE_100="{\"key\":\"$(b64 /svc/hundred/)\",\"range_end\":\"$(b64 /svc/hundred0)\"}"
 
-cat > "$WORK/post.lua" <<'LUA'
+cat >"$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
 wrk.headers["Content-Type"] = "application/json"
 LUA
-# Fixed-rate reads: each of C connections waits C/RATE seconds between requests.
-cat > "$WORK/rate.lua" <<'LUA'
+# Fixed-rate reads: each of C connections waits DELAY_MS between requests.
+cat >"$WORK/rate.lua" <<'LUA'
 local per_conn_delay = tonumber(os.getenv("DELAY_MS"))
 function delay() return per_conn_delay end
 LUA
-cat > "$WORK/register.lua" <<'LUA'
+# Registrations as churn on one host: the same 100 services re-registered over and over
+# (each PUT replaces one, with a new port), so the node's size stays what it was.
+cat >"$WORK/register.lua" <<'LUA'
 local n = 0
-local tid = 0
-function setup(thread) tid = tid + 1; thread:set("tid", tid) end
 request = function()
   n = n + 1
-  -- Churn on one host: the same 100 services re-registered over and over (each PUT
-  -- replaces one, with a new port), so the node's size stays that of a busy host.
   local body = string.format('{"Name":"reg","ID":"reg-%d","Port":%d,"Tags":["a"]}', n % 100, n % 65535)
   return wrk.format("PUT", "/v1/agent/service/register", {["Content-Type"]="application/json"}, body)
 end
 LUA
-cat > "$WORK/etcdput.lua" <<'LUA'
+# etcd puts of the same 100 keys (values base64 as the v3 gateway wants).
+cat >"$WORK/etcdput.lua" <<'LUA'
 local n = 0
-local tid = 0
 local function b64(s)
   local b='ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
   return ((s:gsub('.', function(x) local r,bb='',x:byte() for i=8,1,-1 do r=r..(bb%2^i-bb%2^(i-1)>0 and '1' or '0') end return r end)..'0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
     if (#x < 6) then return '' end local c=0 for i=1,6 do c=c+(x:sub(i,i)=='1' and 2^(6-i) or 0) end return b:sub(c+1,c+1) end)..({ '', '==', '=' })[#s%3+1])
 end
-function setup(thread) tid = tid + 1; thread:set("tid", tid) end
 request = function()
   n = n + 1
   local body = string.format('{"key":"%s","value":"%s"}', b64(string.format("/svc/reg/%d", n % 100)), b64(string.format('{"Port":%d,"Tags":["a"]}', n % 65535)))
   return wrk.format("POST", "/v3/kv/put", {["Content-Type"]="application/json"}, body)
 end
 LUA
+# Paced registrations (RATE per second for SECONDS, on schedule, one keep-alive
+# connection each of CONNS threads): re-registers instances of "hundred" with a new tag,
+# so the answer being read changes RATE times a second. Prints "sent failed".
+cat >"$WORK/pace.py" <<'PY'
+import http.client, sys, threading, time
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+conns = 4
+sent, failed = [0], [0]
+lock = threading.Lock()
+start = time.monotonic()
+total = int(rate * seconds)
+def run(t):
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    for k in range(t, total, conns):
+        delay = start + k / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        i = k % 100 + 1
+        body = '{"Name":"hundred","ID":"h%d","Port":%d,"Tags":["v1","t%d"],"Meta":{"i":"%d"}}' % (i, 8000 + i, k, i)
+        try:
+            c.request("PUT", "/v1/agent/service/register", body=body)
+            r = c.getresponse(); r.read()
+            ok = r.status == 200
+        except Exception:
+            ok = False
+            c.close(); c = http.client.HTTPConnection(host, port, timeout=10)
+        with lock:
+            sent[0] += 1
+            failed[0] += 0 if ok else 1
+threads = [threading.Thread(target=run, args=(t,)) for t in range(conns)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sent[0], failed[0], round(sent[0] / (time.monotonic() - start), 1))
+PY
+# Registers N services fill-0..fill-(N-1) with 32 concurrent keep-alive clients.
+cat >"$WORK/fill.py" <<'PY'
+import http.client, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def run(t):
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    for i in range(t, n, 32):
+        body = '{"Name":"fill-%d","ID":"fill-%d","Port":%d,"Tags":["a","b"],"Meta":{"team":"x"}}' % (i % 300, i, 10000 + i)
+        c.request("PUT", "/v1/agent/service/register", body=body)
+        r = c.getresponse(); r.read()
+        if r.status != 200:
+            sys.exit(f"fill-{i}: {r.status}")
+threads = [threading.Thread(target=run, args=(t,)) for t in range(32)]
+for t in threads: t.start()
+for t in threads: t.join()
+PY
 
+to_ms() {
+    python3 -c "
+import re,sys; m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1])
+v=float(m.group(1)); u=m.group(2); print(round(v/1000 if u=='us' else v*1000 if u=='s' else v,3))" "$1"
+}
 # wrk summary → "rps p50 p99" (ms)
 run_wrk() {
-  local out; out=$(wrk --latency "$@" 2>&1)
-  local rps p50 p99
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  local errs; errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
-  [ -n "$errs" ] && echo "   wrk: $errs" >&2
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+    local out rps p50 p99 errs
+    out=$(wrk --latency "$@" 2>&1)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+    [ -n "$errs" ] && echo "   wrk: $errs" >&2
+    echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
 }
-to_ms() { python3 -c "
-import re,sys; s=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',s)
-v=float(m.group(1)); u=m.group(2); print(round(v/1000 if u=='us' else v*1000 if u=='s' else v,3))" "$1"; }
+# wrk's threads: one per connection up to 2.
+threads() { [ "$1" -ge 2 ] && echo 2 || echo 1; }
 
-C=32; T=2
 declare -A R
 for round in 1 2; do
-  R[m1_$round]=$(run_wrk -t$T -c$C -d${DUR}s "http://$IP:$HP/v1/catalog/service/one")
-  R[e1_$round]=$(BODY="$RANGE_ONE" run_wrk -t$T -c$C -d${DUR}s -s "$WORK/post.lua" "http://$IP:$EC/v3/kv/range")
-  R[m100_$round]=$(run_wrk -t$T -c$C -d${DUR}s "http://$IP:$HP/v1/catalog/service/hundred")
-  R[e100_$round]=$(BODY="$RANGE_100" run_wrk -t$T -c$C -d${DUR}s -s "$WORK/post.lua" "http://$IP:$EC/v3/kv/range")
+    R[m1_$round]=$(run_wrk -t2 -c32 -d${DUR}s "$M/v1/catalog/service/one")
+    R[e1_$round]=$(BODY="$RANGE_ONE" run_wrk -t2 -c32 -d${DUR}s -s "$WORK/post.lua" "$E/v3/kv/range")
+    R[m100_$round]=$(run_wrk -t2 -c32 -d${DUR}s "$M/v1/catalog/service/hundred")
+    R[e100_$round]=$(BODY="$RANGE_100" run_wrk -t2 -c32 -d${DUR}s -s "$WORK/post.lua" "$E/v3/kv/range")
 done
 best() { printf '%s\n%s\n' "${R[${1}_1]}" "${R[${1}_2]}" | sort -k1 -n -r | head -1; }
 M1=$(best m1); E1=$(best e1); M100=$(best m100); E100=$(best e100)
@@ -126,35 +213,78 @@ echo "  etcd   1 key range:   $E1"
 echo "  muster 100 instances: $M100"
 echo "  etcd   100 key range: $E100"
 
-# p99 at a fixed rate of at least 10,000 requests/s: 24 connections, each waiting 2 ms
-# between requests (wrk has no rate option; the wait plus the answer time gives ~10-11k/s).
-FIX1=$(DELAY_MS=2 run_wrk -t2 -c24 -d${DUR}s -s "$WORK/rate.lua" "http://$IP:$HP/v1/catalog/service/one")
-FIX100=$(DELAY_MS=2 run_wrk -t2 -c24 -d${DUR}s -s "$WORK/rate.lua" "http://$IP:$HP/v1/catalog/service/hundred")
-echo "fixed ~10k rps (rps p50ms p99ms): 1 instance: $FIX1; 100 instances: $FIX100"
+# p99 at a fixed rate of about 10,000 requests/s: 24 connections, each waiting 2 ms
+# between requests (wrk has no rate option; the wait plus the answer time gives ~10k/s).
+fixed() { DELAY_MS=2 run_wrk -t2 -c24 -d${DUR}s -s "$WORK/rate.lua" "$M/v1/catalog/service/$1"; }
+FIX1=$(fixed one)
+FIX100=$(fixed hundred)
+echo "fixed ~10k rps, idle (rps p50ms p99ms): 1 instance: $FIX1; 100 instances: $FIX100"
+# The same while 100 registrations/s (durable: this agent has a data_dir) change the
+# 100-instance service.
+MHP=${M##*:}
+python3 "$WORK/pace.py" $IP "$MHP" 100 "$DUR" >"$WORK/pace1" &
+PACE=$!; PIDS+=($PACE)
+FIXW1=$(fixed one)
+wait $PACE
+read -r PACE1_SENT PACE1_FAILED PACE1_RATE <"$WORK/pace1"
+python3 "$WORK/pace.py" $IP "$MHP" 100 "$DUR" >"$WORK/pace2" &
+PACE=$!; PIDS+=($PACE)
+FIXW100=$(fixed hundred)
+wait $PACE
+read -r PACE2_SENT PACE2_FAILED PACE2_RATE <"$WORK/pace2"
+echo "fixed ~10k rps with registrations (rps p50ms p99ms): 1 instance: $FIXW1 ($PACE1_RATE reg/s, $PACE1_FAILED failed);" \
+    "100 instances: $FIXW100 ($PACE2_RATE reg/s, $PACE2_FAILED failed)"
+[ "$PACE1_FAILED" = 0 ] && [ "$PACE2_FAILED" = 0 ] || { echo "background registrations failed" >&2; exit 1; }
 
-# Registrations (100 services re-registered in turn, see register.lua): muster in --dev
-# (memory only) and with a data_dir (fsync per write), etcd put of the same 100 keys.
-MREG=$(run_wrk -t2 -c8 -d${DUR}s -s "$WORK/register.lua" "http://$IP:$HP")
-HP2=$(port); DP2=$(port); GP2=$(port)
-$BIN agent --dev --node bench2 --http-port $HP2 --dns-port $DP2 --gossip-port $GP2 --data-dir "$WORK/data" --log-level warn &
-PIDS+=($!)
-wait_http "http://$IP:$HP2/v1/agent/self"
-MREGD=$(run_wrk -t2 -c8 -d${DUR}s -s "$WORK/register.lua" "http://$IP:$HP2")
-EREG=$(run_wrk -t2 -c8 -d${DUR}s -s "$WORK/etcdput.lua" "http://$IP:$EC")
-echo "registrations (rps p50ms p99ms): muster --dev: $MREG; muster data_dir (fsync): $MREGD; etcd put: $EREG"
+# Registrations: fresh agents, one with a data_dir (durable before the answer), one --dev;
+# then the same agents holding FILL services more.
+start_agent bench-durable "$WORK/data-reg"; RD=$AGENT_HTTP
+start_agent bench-memory; RM=$AGENT_HTTP
+reg() { run_wrk -t"$(threads "$2")" -c"$2" -d${DUR}s -s "$WORK/register.lua" "$1"; }
+put() { run_wrk -t"$(threads "$1")" -c"$1" -d${DUR}s -s "$WORK/etcdput.lua" "$E"; }
+for c in $REG_CONC; do
+    R[rd_$c]=$(reg "$RD" "$c")
+    R[ep_$c]=$(put "$c")
+    R[rm_$c]=$(reg "$RM" "$c")
+    echo "registrations, $c connections (rps p50ms p99ms): data_dir ${R[rd_$c]}; etcd put ${R[ep_$c]}; --dev ${R[rm_$c]}"
+done
+count() { curl -sf "$1/v1/agent/services" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+for a in "$RD" "$RM"; do
+    python3 "$WORK/fill.py" $IP "${a##*:}" "$FILL"
+done
+N_FULL=$(count "$RD")
+for c in $REG_CONC; do
+    R[fd_$c]=$(reg "$RD" "$c")
+    R[fm_$c]=$(reg "$RM" "$c")
+    echo "registrations on agents holding $N_FULL services, $c connections: data_dir ${R[fd_$c]}; --dev ${R[fm_$c]}"
+done
 M_AFTER=$(rss_kib $MPID)
-echo "muster RSS after the run (holding $(curl -s http://$IP:$HP/v1/agent/services | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') services): ${M_AFTER} KiB"
+echo "read agent's RSS after the run (holding $(count "$M") services): ${M_AFTER} KiB"
 
 ratio() { python3 -c "print(round(float('$1')/float('$2'),2))"; }
 f() { echo "$1" | awk "{print \$$2}"; }
+n() { printf "%'.0f" "$(f "$1" 1)"; }
 cat <<MD
 
 | figure | muster | peer | ratio |
 |---|---|---|---|
-| idle RSS | $((M_IDLE/1024)).$(( (M_IDLE%1024)*10/1024 )) MiB | serf $((S_IDLE/1024)).$(( (S_IDLE%1024)*10/1024 )) MiB | $(ratio $M_IDLE $S_IDLE) |
-| catalog read, 1 instance (req/s, p99) | $(f "$M1" 1), $(f "$M1" 3) ms | etcd range $(f "$E1" 1), $(f "$E1" 3) ms | $(ratio $(f "$M1" 1) $(f "$E1" 1)) |
-| catalog read, 100 instances (req/s, p99) | $(f "$M100" 1), $(f "$M100" 3) ms | etcd range $(f "$E100" 1), $(f "$E100" 3) ms | $(ratio $(f "$M100" 1) $(f "$E100" 1)) |
-| p99 at a fixed ~10k req/s, 1 / 100 instances | $(f "$FIX1" 3) ms / $(f "$FIX100" 3) ms ($(f "$FIX1" 1) / $(f "$FIX100" 1) req/s) | | |
-| registrations, --dev (req/s, p99) | $(f "$MREG" 1), $(f "$MREG" 3) ms | | |
-| registrations, data_dir fsync (req/s, p99) | $(f "$MREGD" 1), $(f "$MREGD" 3) ms | etcd put $(f "$EREG" 1), $(f "$EREG" 3) ms | $(ratio $(f "$MREGD" 1) $(f "$EREG" 1)) |
+| idle RSS | $(mib $M_IDLE) MiB | serf $(mib $S_IDLE) MiB | $(ratio $M_IDLE $S_IDLE) |
+| catalog read, 1 instance (req/s, p99) | $(n "$M1"), $(f "$M1" 3) ms | etcd range $(n "$E1"), $(f "$E1" 3) ms | $(ratio $(f "$M1" 1) $(f "$E1" 1)) |
+| catalog read, 100 instances (req/s, p99) | $(n "$M100"), $(f "$M100" 3) ms | etcd range $(n "$E100"), $(f "$E100" 3) ms | $(ratio $(f "$M100" 1) $(f "$E100" 1)) |
+| read p99 at a fixed ~10k req/s, 1 / 100 instances, idle | $(f "$FIX1" 3) ms / $(f "$FIX100" 3) ms ($(n "$FIX1") / $(n "$FIX100") req/s) | | |
+| the same with 100 registrations/s of the service read | $(f "$FIXW1" 3) ms / $(f "$FIXW100" 3) ms ($(n "$FIXW1") / $(n "$FIXW100") req/s; $PACE1_RATE / $PACE2_RATE reg/s) | | goal < 2 ms |
+
+| registrations, wrk connections | data_dir (req/s, p99) | etcd put (req/s, p99) | ratio | --dev (req/s, p99) |
+|---|---|---|---|---|
 MD
+for c in $REG_CONC; do
+    echo "| $c | $(n "${R[rd_$c]}"), $(f "${R[rd_$c]}" 3) ms | $(n "${R[ep_$c]}"), $(f "${R[ep_$c]}" 3) ms | $(ratio $(f "${R[rd_$c]}" 1) $(f "${R[ep_$c]}" 1)) | $(n "${R[rm_$c]}"), $(f "${R[rm_$c]}" 3) ms |"
+done
+cat <<MD
+
+| registrations, wrk connections | data_dir: empty → holding $N_FULL (req/s) | ratio | --dev: empty → holding $N_FULL (req/s) | ratio |
+|---|---|---|---|---|
+MD
+for c in $REG_CONC; do
+    echo "| $c | $(n "${R[rd_$c]}") → $(n "${R[fd_$c]}") | $(ratio $(f "${R[fd_$c]}" 1) $(f "${R[rd_$c]}" 1)) | $(n "${R[rm_$c]}") → $(n "${R[fm_$c]}") | $(ratio $(f "${R[fm_$c]}" 1) $(f "${R[rm_$c]}" 1)) |"
+done

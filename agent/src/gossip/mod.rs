@@ -33,6 +33,8 @@ pub const LEAVE_GRACE: Duration = Duration::from_millis(300);
 pub const FIRST_JOIN_WAIT: Duration = Duration::from_secs(12);
 /// Stamp moves logged per minute at most (the node bounds them; this bounds the log).
 const STAMP_LOGS_PER_MINUTE: u32 = 5;
+/// Receive queue asked for the gossip UDP socket (see `start`).
+const GOSSIP_RECV_BUFFER: usize = 4 << 20;
 /// The file in `data_dir` that keeps this node's boot stamp and version across runs.
 const STAMPS_FILE: &str = "gossip.json";
 
@@ -83,6 +85,11 @@ pub async fn start(shared: &Shared, commands: mpsc::Receiver<Command>) -> anyhow
             .await
             .map_err(|e| anyhow::anyhow!("cannot bind gossip UDP {bind}: {e}"))?,
     );
+    // A burst of changes (a fleet registering at once) reaches a member as a burst of
+    // datagrams, and the kernel drops what overflows the socket's queue while the process
+    // waits for a CPU; a deeper queue absorbs it, as memberlist's 2 MiB does. The kernel caps
+    // this at net.core.rmem_max; a smaller queue only means more repairs by pulls and sync.
+    let _ = socket2::SockRef::from(&*udp).set_recv_buffer_size(GOSSIP_RECV_BUFFER);
     let tcp = TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind gossip TCP {bind}: {e}"))?;

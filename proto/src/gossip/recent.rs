@@ -4,7 +4,9 @@
 //! Eager pushes reach almost every member in a few network trips; this is how the rest
 //! catch up within a second or so instead of waiting for anti-entropy. A member that sees
 //! a hash it does not know in a trailer asks the sender for it (see [`Wants`]). The table
-//! and the wants are bounded; anything older than the window is left to anti-entropy.
+//! and the wants are bounded; anything older than the window is left to anti-entropy. A
+//! burst of more changes than a trailer carries is reported ([`Recent::take_saturated`]):
+//! the node then makes one anti-entropy exchange once the burst has left the window.
 
 use super::data::Name;
 use super::wire::Verdict;
@@ -63,6 +65,9 @@ pub struct Recent {
     /// (learnt at, hash), oldest first.
     order: VecDeque<(Duration, u64)>,
     cursor: usize,
+    /// When the changes of a burst (more in the window than one trailer carries) leave
+    /// the window, if one was seen since the last [`Recent::take_saturated`].
+    saturated_until: Option<Duration>,
 }
 
 impl Recent {
@@ -107,17 +112,20 @@ impl Recent {
     /// so that over a few datagrams every change in the window is announced.
     pub fn announce(&mut self, now: Duration, max: usize) -> Vec<u64> {
         self.expire(now);
-        let servable: Vec<u64> = self
+        let servable: Vec<(Duration, u64)> = self
             .order
             .iter()
             .rev()
             .take_while(|(at, _)| now.saturating_sub(*at) <= WINDOW)
             .filter(|(_, h)| !matches!(self.map.get(h), Some(Content::Seen) | None))
-            .map(|(_, h)| *h)
+            .copied()
             .collect();
         if servable.len() <= max {
-            return servable;
+            return servable.into_iter().map(|(_, h)| h).collect();
         }
+        let until = servable[0].0 + WINDOW;
+        self.saturated_until = Some(self.saturated_until.map_or(until, |u| u.max(until)));
+        let servable: Vec<u64> = servable.into_iter().map(|(_, h)| h).collect();
         let newest = max / 2;
         let mut out: Vec<u64> = servable[..newest].to_vec();
         let rest = &servable[newest..];
@@ -126,6 +134,13 @@ impl Recent {
         }
         self.cursor = (self.cursor + max - newest) % rest.len();
         out
+    }
+
+    /// Whether announcements fell behind (more changes in the window than a trailer
+    /// carries) since the last call, and if so when those changes leave the window:
+    /// members that missed the push of one may never hear of it.
+    pub fn take_saturated(&mut self) -> Option<Duration> {
+        self.saturated_until.take()
     }
 
     pub fn len(&self) -> usize {
@@ -237,6 +252,30 @@ mod tests {
         assert!(r.knows(39), "still remembered");
         assert!(r.announce(at(20_000), 24).is_empty());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_burst_larger_than_a_trailer_is_reported_with_when_it_leaves_the_window() {
+        let mut r = Recent::default();
+        let v = |i: u64| {
+            Content::Verdict(super::super::wire::Verdict::ForceLeft(
+                super::super::identity::NodeId::new("x", "127.0.0.1:1".parse().unwrap(), i),
+            ))
+        };
+        for i in 0..24u64 {
+            r.insert(at(i), i, v(i));
+        }
+        r.announce(at(30), 24);
+        assert_eq!(r.take_saturated(), None, "one trailer carries them all");
+        for i in 24..40u64 {
+            r.insert(at(i), i, v(i));
+        }
+        r.announce(at(50), 24);
+        r.announce(at(60), 24);
+        assert_eq!(r.take_saturated(), Some(at(39) + WINDOW));
+        assert_eq!(r.take_saturated(), None, "taken");
+        r.announce(at(39) + WINDOW + at(1), 24);
+        assert_eq!(r.take_saturated(), None, "the burst has left the window");
     }
 
     #[test]

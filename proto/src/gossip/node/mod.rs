@@ -54,6 +54,12 @@ const GAP_GRACE: Duration = Duration::from_millis(500);
 /// One more anti-entropy exchange this long after a join (changes made while the cluster
 /// did not know us yet were not pushed to us).
 const SETTLE_AFTER: Duration = Duration::from_secs(3);
+/// One anti-entropy exchange this long after a burst of changes (more than SWIM trailers
+/// announce) has left the announcement window: by then pushes and pulls are done, and
+/// what they missed (a node's last change above all, which no later change reveals as a
+/// gap) would otherwise wait for periodic anti-entropy, a minute or more in a large
+/// cluster. Pushed back while the burst lasts, so one exchange per member per burst.
+const BURST_SETTLE: Duration = Duration::from_secs(1);
 /// How often a failed member may be tried again, and how many such tries the whole cluster
 /// makes per round (each member tries with a chance of budget / members).
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -196,6 +202,10 @@ pub struct Node {
     pulls_scheduled: bool,
     /// When a fetch tick is due, if one is scheduled.
     fetch_at: Option<Duration>,
+    /// When the sync after a burst of changes is due (pushed back while the burst lasts),
+    /// and when the latest burst seen leaves the announcement window.
+    settle_at: Option<Duration>,
+    burst_until: Option<Duration>,
     /// Members to sync with soon (returned after a failure, or holding a gap), in order.
     to_sync: VecDeque<Name>,
     /// Nodes with changes to fetch, in deadline order.
@@ -250,6 +260,8 @@ impl Node {
             last_jump: None,
             pulls_scheduled: false,
             fetch_at: None,
+            settle_at: None,
+            burst_until: None,
             to_sync: VecDeque::new(),
             gaps: VecDeque::new(),
             confirming: Default::default(),
@@ -395,6 +407,14 @@ impl Node {
                     self.run_fetches(now);
                 }
                 Tick::Settle => {
+                    match self.settle_at {
+                        Some(at) if at > now => {
+                            self.timers.schedule(at, Tick::Settle);
+                            continue;
+                        }
+                        Some(_) => self.settle_at = None,
+                        None => {}
+                    }
                     if let Some(to) = self.random_members(1, None).into_iter().next() {
                         self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
                     }
@@ -537,6 +557,9 @@ impl Node {
             let bytes = super::wire::swim_datagram(&packet, &trailer);
             self.send_datagram(to.gossip_addr(), bytes);
         }
+        if let Some(until) = self.recent.take_saturated() {
+            self.burst_seen(until);
+        }
         while let Some((after, timer)) = rt.to_schedule() {
             // Lifeguard: a node that lags gives its probes and suspicions more time.
             let after = match timer {
@@ -593,6 +616,25 @@ impl Node {
         self.stats.datagrams_out += 1;
         self.stats.datagram_bytes_out += bytes.len() as u64;
         self.out.push_back(Transmit::Datagram { to, bytes });
+    }
+
+    /// Announcements fell behind a burst of changes that leaves their window at `until`:
+    /// one sync after it (see [`BURST_SETTLE`]), jittered so that the members that saw the
+    /// same burst do not all open their exchange at the same moment.
+    fn burst_seen(&mut self, until: Duration) {
+        if self.burst_until.is_some_and(|u| u >= until) {
+            return;
+        }
+        self.burst_until = Some(until);
+        let at = self.jittered(until, BURST_SETTLE);
+        match self.settle_at {
+            None => {
+                self.timers.schedule(at, Tick::Settle);
+                self.settle_at = Some(at);
+            }
+            Some(t) if t < at => self.settle_at = Some(at),
+            Some(_) => {}
+        }
     }
 
     /// Re-tunes SWIM (retransmissions, suspicion timeout) when the cluster size crosses a

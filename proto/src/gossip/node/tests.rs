@@ -372,3 +372,45 @@ fn claims_far_ahead_are_refused_and_counted() {
     assert_eq!(net.node(0).stats().implausible, 1);
     assert!(net.node(0).data("n1").unwrap().version < 1 << 40);
 }
+
+#[test]
+fn a_member_that_missed_the_last_change_of_a_burst_gets_it_soon_after() {
+    // n0 makes more changes at once than SWIM trailers announce. n2 misses the push of the
+    // last one and its pulls are lost: no later change shows it the gap, and periodic
+    // anti-entropy is at least 15 s away. A sync once the burst is over fetches it (and
+    // every member makes one, but only one).
+    let mut net = Net::new(3);
+    // Past the sync a join schedules, so that only the burst can cause one.
+    net.run(Duration::from_secs(5));
+    const BURST: u16 = 40;
+    let last = net.node(0).version() + u64::from(BURST);
+    net.lose = Box::new(move |_, to, bytes| {
+        use crate::gossip::wire::{parse_datagram, Datagram, KIND_PULL};
+        if bytes[0] == KIND_PULL {
+            return true;
+        }
+        to == 2
+            && matches!(parse_datagram(bytes), Ok(Datagram::Push(p))
+                if p.deltas.iter().any(|d| d.node == "n0" && d.to == last))
+    });
+    for k in 0..BURST {
+        let now = net.now;
+        net.nodes[0]
+            .as_mut()
+            .unwrap()
+            .publish(now, vec![svc(&format!("burst-{k}"), 9000 + k)]);
+        net.pump();
+    }
+    assert_eq!(net.node(0).version(), last);
+    assert_eq!(net.node(1).data("n0").map(|d| d.version), Some(last));
+    assert_eq!(net.node(2).data("n0").map(|d| d.version), Some(last - 1));
+    let syncs = net.node(2).stats().syncs_started;
+    // Announcements fall behind while the burst is in their window, then one sync.
+    net.run(crate::gossip::recent::WINDOW + BURST_SETTLE + Duration::from_secs(1));
+    assert_eq!(net.node(2).data("n0").map(|d| d.version), Some(last));
+    assert_eq!(
+        net.node(2).stats().syncs_started,
+        syncs + 1,
+        "one sync for the burst"
+    );
+}
