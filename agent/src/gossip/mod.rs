@@ -192,14 +192,15 @@ async fn serve_streams(
             },
             _ = stop.changed() => return,
         };
-        let Some(permit) = admission.admit(&stream, from) else {
-            continue;
-        };
         let keys = keys.clone();
         let keyring = keyring.clone();
         let inbound = inbound.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // Refused at once, or after a bounded wait for a place (see `Admission`).
+            let Some(_permit) = admission.admit(&stream, from).await else {
+                return;
+            };
             transport::serve_stream(stream, from, keys, |frame| async move {
                 match frame.kind {
                     transport::FrameKind::Keyring => Ok((

@@ -5,7 +5,9 @@
 //! * datagrams: at most [`MAX_DATAGRAM`] bytes, opened in place, dropped when they do not
 //!   open (wrong or no key, bad checksum, plaintext where encryption is required);
 //! * streams: at most [`MAX_STREAMS`] served at once and [`MAX_STREAMS_PER_SOURCE`] per
-//!   source address (more are refused at once, with a reason); one request frame per
+//!   source address (beyond the latter refused at once, with a reason; beyond the former
+//!   up to [`MAX_WAITING`] wait up to [`ADMISSION_WAIT`] for a place, the rest are
+//!   refused); one request frame per
 //!   stream, read chunk by chunk (each chunk opened before the next is read, so a peer
 //!   without the key is cut off after one chunk); at most [`MAX_FRAME_PAYLOAD`] bytes per
 //!   frame; all frames being read share [`INFLIGHT_BUDGET`] bytes of buffer; a chunk that
@@ -46,6 +48,14 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_STREAMS: usize = 16;
 /// Streams served at once for one source address.
 pub const MAX_STREAMS_PER_SOURCE: usize = 4;
+/// Streams that may wait for a place when [`MAX_STREAMS`] are being served: a fleet
+/// started at once joins one seed with dozens of streams in the same second, each served
+/// in milliseconds; refusing all but 16 failed the rest of those joins. A waiting stream
+/// holds a socket and a task, no buffer.
+pub const MAX_WAITING: usize = 256;
+/// How long a stream waits for a place before it is refused (`busy`); below the peer's
+/// [`EXCHANGE_TIMEOUT`], so the peer hears why.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(3);
 /// Payload bytes that all frames being read at once may hold together.
 pub const INFLIGHT_BUDGET: usize = 2 * MAX_FRAME_PAYLOAD;
 /// How long a refusal may take to write before the stream is simply closed.
@@ -441,31 +451,53 @@ where
     }
 }
 
-/// Admission of inbound streams: at most [`MAX_STREAMS`] at once and
-/// [`MAX_STREAMS_PER_SOURCE`] from one address; the rest are refused at once.
+/// Admission of inbound streams: at most [`MAX_STREAMS`] served at once and
+/// [`MAX_STREAMS_PER_SOURCE`] from one address (served or waiting). A stream over the
+/// per-source limit is refused at once; one that finds every place taken waits for one,
+/// up to [`ADMISSION_WAIT`], if fewer than [`MAX_WAITING`] already wait, else it is
+/// refused at once too.
 #[derive(Clone)]
 pub struct Admission {
     total: Arc<Semaphore>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    limits: AdmissionLimits,
 }
 
-impl Default for Admission {
+/// The bounds an [`Admission`] enforces (the constants above, smaller in tests).
+#[derive(Clone, Copy, Debug)]
+pub struct AdmissionLimits {
+    pub streams: usize,
+    pub per_source: usize,
+    pub waiting: usize,
+    pub wait: Duration,
+}
+
+impl Default for AdmissionLimits {
     fn default() -> Self {
-        Admission {
-            total: Arc::new(Semaphore::new(MAX_STREAMS)),
-            per_source: Arc::default(),
+        AdmissionLimits {
+            streams: MAX_STREAMS,
+            per_source: MAX_STREAMS_PER_SOURCE,
+            waiting: MAX_WAITING,
+            wait: ADMISSION_WAIT,
         }
     }
 }
 
-/// A stream's place among those being served; freed on drop.
-pub struct StreamPermit {
-    _total: OwnedSemaphorePermit,
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::new(AdmissionLimits::default())
+    }
+}
+
+/// A stream's place among those of its source; given back on drop (also when the stream
+/// is refused after waiting).
+struct SourceSlot {
     source: IpAddr,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-impl Drop for StreamPermit {
+impl Drop for SourceSlot {
     fn drop(&mut self) {
         if let Ok(mut m) = self.per_source.lock() {
             if let Some(n) = m.get_mut(&self.source) {
@@ -478,9 +510,34 @@ impl Drop for StreamPermit {
     }
 }
 
+/// A stream's place among those being served; freed on drop.
+pub struct StreamPermit {
+    _total: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// One waiting stream, counted while it waits.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Admission {
+    pub fn new(limits: AdmissionLimits) -> Self {
+        Admission {
+            total: Arc::new(Semaphore::new(limits.streams)),
+            per_source: Arc::default(),
+            waiting: Arc::default(),
+            limits,
+        }
+    }
+
     /// A permit for a stream from `from`, or None after telling the peer it is refused.
-    pub fn admit(&self, stream: &TcpStream, from: SocketAddr) -> Option<StreamPermit> {
+    /// Returns at once unless every place is taken and the stream may wait for one.
+    pub async fn admit(&self, stream: &TcpStream, from: SocketAddr) -> Option<StreamPermit> {
         let refused = |why: &'static str, text: String| {
             METRICS.gossip_dropped("stream", why);
             // Best effort and never blocking: the refusal fits in any socket buffer.
@@ -488,29 +545,51 @@ impl Admission {
             tracing::debug!(%from, "gossip stream refused: {text}");
             None
         };
-        let Ok(total) = self.total.clone().try_acquire_owned() else {
-            return refused(
-                "busy",
-                format!("busy: {MAX_STREAMS} gossip streams are being served"),
-            );
-        };
         let source = from.ip();
-        let Ok(mut m) = self.per_source.lock() else {
-            return None;
+        let slot = {
+            let Ok(mut m) = self.per_source.lock() else {
+                return None;
+            };
+            let n = m.entry(source).or_insert(0);
+            if *n >= self.limits.per_source {
+                let limit = self.limits.per_source;
+                drop(m);
+                return refused(
+                    "per_source",
+                    format!("busy: {limit} gossip streams from {source} already"),
+                );
+            }
+            *n += 1;
+            SourceSlot {
+                source,
+                per_source: self.per_source.clone(),
+            }
         };
-        let n = m.entry(source).or_insert(0);
-        if *n >= MAX_STREAMS_PER_SOURCE {
-            drop(m);
-            return refused(
-                "per_source",
-                format!("busy: {MAX_STREAMS_PER_SOURCE} gossip streams from {source} already"),
-            );
-        }
-        *n += 1;
+        let busy = || {
+            format!(
+                "busy: {} gossip streams are being served",
+                self.limits.streams
+            )
+        };
+        let total = match self.total.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Relaxed) >= self.limits.waiting {
+                    self.waiting.fetch_sub(1, Relaxed);
+                    return refused("busy", busy());
+                }
+                let _waiting = Waiting(self.waiting.clone());
+                match tokio::time::timeout(self.limits.wait, self.total.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => return refused("busy", busy()),
+                }
+            }
+        };
         Some(StreamPermit {
             _total: total,
-            source,
-            per_source: self.per_source.clone(),
+            _source: slot,
         })
     }
 }
@@ -621,7 +700,7 @@ mod tests {
         for i in 0..=MAX_STREAMS_PER_SOURCE {
             clients.push(TcpStream::connect(addr).await.unwrap());
             let (s, from) = l.accept().await.unwrap();
-            let p = adm.admit(&s, from);
+            let p = adm.admit(&s, from).await;
             assert_eq!(p.is_some(), i < MAX_STREAMS_PER_SOURCE, "stream {i}");
             held.push((s, p));
         }
@@ -636,6 +715,57 @@ mod tests {
         held.truncate(1);
         clients.push(TcpStream::connect(addr).await.unwrap());
         let (s, from) = l.accept().await.unwrap();
-        assert!(adm.admit(&s, from).is_some());
+        assert!(adm.admit(&s, from).await.is_some());
+    }
+
+    /// Connects to `to` from `source` (a loopback address of our own choosing).
+    async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from((source, 0))).unwrap();
+        sock.connect(to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_beyond_the_served_ones_waits_for_a_place_within_bounds() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let adm = Admission::new(AdmissionLimits {
+            streams: 2,
+            per_source: 4,
+            waiting: 1,
+            wait: Duration::from_millis(300),
+        });
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for i in 0..4u8 {
+            clients.push(connect_from([127, 0, 0, 10 + i], addr).await);
+            accepted.push(l.accept().await.unwrap());
+        }
+        let first = adm.admit(&accepted[0].0, accepted[0].1).await.unwrap();
+        let _second = adm.admit(&accepted[1].0, accepted[1].1).await.unwrap();
+        // The third waits; the fourth finds the one waiting place taken: refused at once.
+        let (s3, from3) = (&accepted[2].0, accepted[2].1);
+        let (s4, from4) = (&accepted[3].0, accepted[3].1);
+        let third = adm.admit(s3, from3);
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut third)
+                .await
+                .is_err(),
+            "the third stream should wait"
+        );
+        assert!(adm.admit(s4, from4).await.is_none());
+        let e = read_frame(&mut clients[3], &keys(Keyring::plain()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refused") && e.contains("busy"), "{e}");
+        // A place freed: the waiting stream is served.
+        drop(first);
+        let third = third.await.expect("admitted once a place was freed");
+        // Every place taken again and nobody leaves: a waiting stream is refused in time.
+        let (s4, from4) = (&accepted[3].0, accepted[3].1);
+        assert!(adm.admit(s4, from4).await.is_none());
+        drop(third);
     }
 }
