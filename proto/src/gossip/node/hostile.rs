@@ -291,6 +291,30 @@ fn a_forged_failure_or_force_leave_of_a_live_member_does_not_stick() {
 }
 
 #[test]
+fn a_force_leave_that_arrives_before_the_crash_is_seen_here_applies_once_it_is() {
+    let mut net = Net::new(3);
+    let n2 = net.node(2).id().clone();
+    // n2 crashes; the operator's force-leave, issued where the crash was seen first,
+    // reaches n0 while n0 still holds n2 up.
+    net.nodes[2] = None;
+    let verdict = wire::push_datagram(&Push {
+        verdicts: vec![Verdict::ForceLeft(n2.clone())],
+        relay: false,
+        ..Push::default()
+    });
+    inject(&mut net, 0, &verdict);
+    assert_eq!(
+        net.status(0, 2),
+        Some(MemberStatus::Alive),
+        "refused while held up"
+    );
+    // Once n0's own SWIM declares that identity down, the verdict stands: left, not failed.
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Left));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Failed), "never told");
+}
+
+#[test]
 fn ghost_members_are_forgotten_within_a_few_probe_rounds_and_never_protected() {
     let mut net = Net::new(3);
     let ghosts: Vec<NodeId> = (0..5)

@@ -92,6 +92,11 @@ pub(super) struct Peer {
 struct Extra {
     /// Boot stamp of an operator's force-leave (0: none).
     forced_boot: u64,
+    /// Boot stamp of a force-leave that arrived while SWIM still held that very identity up
+    /// here (0: none): it takes effect if SWIM declares that identity down (the verdict
+    /// often arrives a moment before this member's own down verdict); a member that stays
+    /// up, or comes back under a later boot, is untouched.
+    pending_force: u64,
     /// Back after a failure, state not yet reconciled: since when (ms + 1; 0: not).
     returned_ms: u64,
     /// The identity this one superseded at another address, while SWIM still holds that one
@@ -130,11 +135,9 @@ impl Peer {
 
     /// Drops the extra fields once none is set.
     fn tidy(&mut self) {
-        if self
-            .extra
-            .as_ref()
-            .is_some_and(|e| e.forced_boot == 0 && e.returned_ms == 0 && e.prev.is_none())
-        {
+        if self.extra.as_ref().is_some_and(|e| {
+            e.forced_boot == 0 && e.pending_force == 0 && e.returned_ms == 0 && e.prev.is_none()
+        }) {
             self.extra = None;
         }
     }
@@ -145,6 +148,16 @@ impl Peer {
 
     pub fn set_forced_boot(&mut self, boot: u64) {
         self.extra_mut().forced_boot = boot;
+        self.tidy();
+    }
+
+    /// See `Extra::pending_force`.
+    pub fn pending_force(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |e| e.pending_force)
+    }
+
+    pub fn set_pending_force(&mut self, boot: u64) {
+        self.extra_mut().pending_force = boot;
         self.tidy();
     }
 
@@ -576,6 +589,13 @@ impl Node {
             self.refresh(now, id.name());
             return;
         }
+        let pending = peer.pending_force();
+        if pending != 0 {
+            peer.set_pending_force(0);
+            if pending >= id.boot() && pending > peer.forced_boot() {
+                peer.set_forced_boot(pending);
+            }
+        }
         if peer.stateless() && peer.forced_boot() == 0 {
             // Nothing but a name and an address we were told of, and nobody answers there:
             // a ghost (or a member that died before any of its state reached us). There is
@@ -607,6 +627,11 @@ impl Node {
                 // An operator forces out failed members only. One that SWIM holds up here
                 // was not failed where the verdict began, or is back: SWIM's verdict stands
                 // (and the member, told it was forced out, moves to a later boot anyway).
+                // Kept for this identity in case SWIM declares it down here too: the
+                // verdict usually began where the crash was seen a moment sooner.
+                if id.boot() == p.id.boot() && id.boot() > p.pending_force() {
+                    p.set_pending_force(id.boot());
+                }
                 return false;
             }
             if id.boot() >= p.id.boot() && id.boot() > p.forced_boot() {
