@@ -466,3 +466,62 @@ pub fn dns_a(
         .collect();
     (m.metadata.response_code, addrs)
 }
+
+/// Runs `iptables` with `args`; whether it succeeded. Panics when iptables is missing.
+pub fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("iptables must be installed (tests/run.sh installs it): {e}"))
+        .success()
+}
+
+/// An iptables chain of our own, jumped to from INPUT, whose rules drop traffic while it
+/// lives; removed on drop, pass or fail. Named after the test process (plus `tag`, so two
+/// test files running at once keep apart); a chain left by an earlier process of the same
+/// id is removed first.
+pub struct DropChain {
+    chain: String,
+}
+
+impl DropChain {
+    pub fn new(tag: &str) -> DropChain {
+        let chain = format!("MUSTER_{tag}{}", std::process::id());
+        DropChain::remove(&chain);
+        assert!(
+            iptables(&["-N", &chain]),
+            "cannot create iptables chain {chain}"
+        );
+        assert!(iptables(&["-I", "INPUT", "-j", &chain]));
+        DropChain { chain }
+    }
+
+    /// Drops packets that match `rule` (iptables match arguments, e.g. `-s A -d B`).
+    pub fn drop_matching(&self, rule: &[&str]) {
+        let mut args = vec!["-A", self.chain.as_str()];
+        args.extend_from_slice(rule);
+        args.extend_from_slice(&["-j", "DROP"]);
+        assert!(iptables(&args), "iptables {args:?} failed");
+    }
+
+    /// Removes the chain and the jump to it, if they exist (quietly: they may not).
+    fn remove(chain: &str) {
+        for args in [
+            &["-D", "INPUT", "-j", chain][..],
+            &["-F", chain][..],
+            &["-X", chain][..],
+        ] {
+            let _ = Command::new("iptables")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for DropChain {
+    fn drop(&mut self) {
+        DropChain::remove(&self.chain);
+    }
+}

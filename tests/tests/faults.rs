@@ -20,7 +20,7 @@
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use muster_tests::{try_request, wait_for, Agent, AgentSpec, TempDir};
+use muster_tests::{try_request, wait_for, Agent, AgentSpec, DropChain, TempDir};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -528,80 +528,31 @@ fn rolling_restarts_leave_no_ghost() {
 
 // ----- a healed partition -----
 
-fn iptables(args: &[&str]) -> bool {
-    Command::new("iptables")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("iptables must be installed (tests/run.sh installs it): {e}"))
-        .success()
-}
-
 /// Drops gossip (UDP and TCP to the gossip ports) between two groups of agents while it
 /// lives. Only these agents' gossip ports are cut, so other agents on the same addresses
-/// (another test run) are not touched. The rules live in a chain of our own, removed on
-/// drop, pass or fail.
-struct Cut {
-    chain: String,
-}
-
-impl Cut {
-    fn between(a: &[&Agent], b: &[&Agent]) -> Cut {
-        let chain = format!("MUSTER_F{}", std::process::id());
-        // A chain left by an earlier run of this process id would make -N fail.
-        Cut::remove(&chain);
-        assert!(
-            iptables(&["-N", &chain]),
-            "cannot create iptables chain {chain}"
-        );
-        let cut = Cut { chain };
-        for (from, to) in a
-            .iter()
-            .flat_map(|x| b.iter().map(move |y| (x, y)))
-            .flat_map(|(x, y)| [(x, y), (y, x)])
-        {
-            for proto in ["udp", "tcp"] {
-                assert!(iptables(&[
-                    "-A",
-                    &cut.chain,
-                    "-s",
-                    &from.spec.ip,
-                    "-d",
-                    &to.spec.ip,
-                    "-p",
-                    proto,
-                    "--dport",
-                    &to.spec.gossip_port.to_string(),
-                    "-j",
-                    "DROP",
-                ]));
-            }
-        }
-        assert!(iptables(&["-I", "INPUT", "-j", &cut.chain]));
-        cut
-    }
-}
-
-impl Cut {
-    /// Removes the chain and the jump to it, if they exist (quietly: they may not).
-    fn remove(chain: &str) {
-        for args in [
-            &["-D", "INPUT", "-j", chain][..],
-            &["-F", chain][..],
-            &["-X", chain][..],
-        ] {
-            let _ = Command::new("iptables")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+/// (another test run) are not touched.
+fn cut_between(a: &[&Agent], b: &[&Agent]) -> DropChain {
+    let cut = DropChain::new("F");
+    for (from, to) in a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| (x, y)))
+        .flat_map(|(x, y)| [(x, y), (y, x)])
+    {
+        let port = to.spec.gossip_port.to_string();
+        for proto in ["udp", "tcp"] {
+            cut.drop_matching(&[
+                "-s",
+                &from.spec.ip,
+                "-d",
+                &to.spec.ip,
+                "-p",
+                proto,
+                "--dport",
+                &port,
+            ]);
         }
     }
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        Cut::remove(&self.chain);
-    }
+    cut
 }
 
 /// One agent's answers at one moment: the service names of `/v1/catalog/services` and the
@@ -661,7 +612,7 @@ fn a_healed_partition_converges_in_seconds_and_never_answers_wrong_unflagged() {
     let left: Vec<&Agent> = left.iter().collect();
     let right: Vec<&Agent> = right.iter().collect();
 
-    let cut = Cut::between(&left, &right);
+    let cut = cut_between(&left, &right);
     // Each side declares the other down.
     for (side, other) in [(&left, &right), (&right, &left)] {
         let gone: BTreeSet<String> = other.iter().map(|a| a.spec.name.clone()).collect();

@@ -2,54 +2,21 @@
 //! others on loopback. Rules live in a chain of our own, named after this process, and are
 //! removed when the test ends (pass or fail). Needs root and iptables (`tests/run.sh` installs it).
 
-use muster_tests::{dns_a, wait_for, Agent, AgentSpec};
+use muster_tests::{dns_a, wait_for, Agent, AgentSpec, DropChain};
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(30);
 const DETECT: Duration = Duration::from_secs(60);
 
-fn iptables(args: &[&str]) -> bool {
-    Command::new("iptables")
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("iptables must be installed (tests/run.sh installs it): {e}"))
-        .success()
-}
-
 /// Drops all traffic between `victim` and each of `others` while it lives.
-struct Cut {
-    chain: String,
-}
-
-impl Cut {
-    fn isolate(victim: &str, others: &[&str]) -> Cut {
-        let chain = format!("MUSTER_T{}", std::process::id());
-        assert!(
-            iptables(&["-N", &chain]),
-            "cannot create iptables chain {chain}"
-        );
-        let cut = Cut { chain };
-        assert!(iptables(&["-I", "INPUT", "-j", &cut.chain]));
-        for o in others {
-            assert!(iptables(&[
-                "-A", &cut.chain, "-s", victim, "-d", o, "-j", "DROP"
-            ]));
-            assert!(iptables(&[
-                "-A", &cut.chain, "-s", o, "-d", victim, "-j", "DROP"
-            ]));
-        }
-        cut
+fn isolate(victim: &str, others: &[&str]) -> DropChain {
+    let cut = DropChain::new("T");
+    for o in others {
+        cut.drop_matching(&["-s", victim, "-d", o]);
+        cut.drop_matching(&["-s", o, "-d", victim]);
     }
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        iptables(&["-D", "INPUT", "-j", &self.chain]);
-        iptables(&["-F", &self.chain]);
-        iptables(&["-X", &self.chain]);
-    }
+    cut
 }
 
 fn healthy_web(a: &Agent) -> usize {
@@ -101,7 +68,7 @@ fn an_agent_cut_off_from_most_peers_keeps_serving_last_known_instances() {
     }
     let (lonely, rest) = agents.split_first().unwrap();
 
-    let cut = Cut::isolate(ips[0], &ips[1..]);
+    let cut = isolate(ips[0], &ips[1..]);
     // The others lost one peer of three: an ordinary failure, p0's instance leaves.
     for a in rest {
         assert!(
