@@ -18,7 +18,7 @@
 //! non-loopback address without a key refuses to start, saying why and how, is tested in
 //! `hostile.rs`.)
 
-use muster_proto::gossip::data::{Delta, NodeInfo, WireEntry};
+use muster_proto::gossip::data::{Delta, NodeInfo};
 use muster_proto::gossip::envelope::{Keyring, Place};
 use muster_proto::gossip::foca::{self, Codec, Member, PostcardCodec};
 use muster_proto::gossip::frame::{self, FrameKind, MAX_FRAME_PAYLOAD};
@@ -251,21 +251,6 @@ fn node_info(ip: &str) -> Value {
     }))
 }
 
-fn one_entry(node: &str, run: u64, from: u64, key: EntryKey, value: Option<Value>) -> Delta {
-    Delta {
-        node: node.into(),
-        run,
-        from,
-        to: from + 1,
-        full: false,
-        entries: vec![WireEntry {
-            key,
-            version: from + 1,
-            value,
-        }],
-    }
-}
-
 /// Samples `f` every 100 ms for `d`, returning every sample.
 fn sample<T>(d: Duration, mut f: impl FnMut() -> T) -> Vec<T> {
     let end = Instant::now() + d;
@@ -376,7 +361,7 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
     //     stream, and a summary of itself there.
     let moves_before = moved(&a);
     let (run, version, _) = forger.state_of(&b, "alpha");
-    let forged = one_entry(
+    let forged = Delta::single(
         "alpha",
         run,
         version,
@@ -432,7 +417,7 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
         .into_iter()
         .find(|k| matches!(k, EntryKey::Service(_)))
         .expect("bravo's service");
-    let far = one_entry("bravo", run, version + (1 << 40), svc_key, None);
+    let far = Delta::single("bravo", run, version + (1 << 40), svc_key, None);
     let before: Vec<u64> = [&a, &c]
         .map(|x| dropped(x, "claim", "implausible"))
         .to_vec();
@@ -531,14 +516,14 @@ fn a_keyless_forger_cannot_rewrite_plant_fail_or_haunt_a_plaintext_cluster() {
         foca::Message::Gossip,
         ghosts.iter().cloned().map(Member::alive).collect(),
     );
-    let info = one_entry(
+    let info = Delta::single(
         "phantom",
         5,
         0,
         EntryKey::Node,
         Some(node_info("127.0.14.78")),
     );
-    let service = one_entry(
+    let service = Delta::single(
         "phantom",
         5,
         1,

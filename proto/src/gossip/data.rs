@@ -133,6 +133,31 @@ pub struct Delta {
     pub entries: Vec<WireEntry>,
 }
 
+impl Delta {
+    /// One entry's change from version `from` to `from + 1` (a removal when `value` is
+    /// None): the smallest delta there is.
+    pub fn single(
+        node: impl Into<Name>,
+        run: u64,
+        from: u64,
+        key: EntryKey,
+        value: Option<Value>,
+    ) -> Delta {
+        Delta {
+            node: node.into(),
+            run,
+            from,
+            to: from + 1,
+            full: false,
+            entries: vec![WireEntry {
+                key,
+                version: from + 1,
+                value,
+            }],
+        }
+    }
+}
+
 /// Why a delta was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
@@ -798,18 +823,7 @@ mod tests {
     }
 
     fn one(id: &str, from: u64, value: Option<Value>) -> Delta {
-        Delta {
-            node: name(),
-            run: 1,
-            from,
-            to: from + 1,
-            full: false,
-            entries: vec![WireEntry {
-                key: key(id),
-                version: from + 1,
-                value,
-            }],
-        }
+        Delta::single(name(), 1, from, key(id), value)
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::tests::{addr, svc, Net};
 use super::*;
-use crate::gossip::data::{Delta, NodeInfo, WireEntry, MAX_HELD_NODE_BYTES};
+use crate::gossip::data::{Delta, NodeInfo, MAX_HELD_NODE_BYTES};
 use crate::gossip::wire::{self, Pull, Push, SyncRequest, Verdict, PULL_HASHES};
 use crate::model::{MemberStatus, Service, Weights};
 use std::collections::BTreeMap;
@@ -75,21 +75,6 @@ fn protect_began(net: &Net, at: usize) -> bool {
         .any(|e| matches!(e, Event::Protect { since: Some(_) }))
 }
 
-fn one_entry(node: &str, run: u64, from: u64, key: EntryKey, value: Option<Value>) -> Delta {
-    Delta {
-        node: node.into(),
-        run,
-        from,
-        to: from + 1,
-        full: false,
-        entries: vec![WireEntry {
-            key,
-            version: from + 1,
-            value,
-        }],
-    }
-}
-
 fn push(deltas: Vec<Delta>) -> Vec<u8> {
     wire::push_datagram(&Push {
         deltas,
@@ -117,7 +102,7 @@ fn a_node_never_takes_its_own_address_from_a_peer() {
     inject(&mut net, 1, &d);
     // n0 itself is handed its own node info with another address, a little ahead.
     let (v, run) = (net.node(0).version(), net.node(0).own_data().run);
-    let forged = one_entry("n0", run, v, EntryKey::Node, Some(node_info("10.9.0.99")));
+    let forged = Delta::single("n0", run, v, EntryKey::Node, Some(node_info("10.9.0.99")));
     inject(&mut net, 0, &push(vec![forged]));
     net.run(Duration::from_secs(20));
 
@@ -180,7 +165,7 @@ fn a_far_future_version_is_refused_and_counted_and_later_changes_still_spread() 
     let mut net = Net::new(3);
     let run = net.node(1).own_data().run;
     let far = 1u64 << 40;
-    let forged = one_entry("n1", run, far, EntryKey::Service("web-1".into()), None);
+    let forged = Delta::single("n1", run, far, EntryKey::Service("web-1".into()), None);
     for at in [0, 2] {
         inject(&mut net, at, &push(vec![forged.clone()]));
         let reply = inject_stream(
@@ -221,7 +206,7 @@ fn a_nearer_planted_version_is_undone_by_the_owner_at_the_next_exchange() {
     // stamps its own state above it.
     let mut net = Net::new(3);
     let (v, run) = (net.node(1).version(), net.node(1).own_data().run);
-    let planted = one_entry(
+    let planted = Delta::single(
         "n1",
         run,
         v + 1000,
@@ -337,7 +322,7 @@ fn ghost_members_are_forgotten_within_a_few_probe_rounds_and_never_protected() {
     assert!(!listed.served, "a member without state is never served");
     // A ghost with state pushed for it, too (node info and a service).
     let phantom = NodeId::new("phantom", SocketAddr::from(([10, 9, 1, 50], 8301)), 1);
-    let info = one_entry(
+    let info = Delta::single(
         "phantom",
         5,
         0,
@@ -345,7 +330,7 @@ fn ghost_members_are_forgotten_within_a_few_probe_rounds_and_never_protected() {
         Some(node_info("10.9.1.50")),
     );
     let (k, v) = svc("phantom-web", 80);
-    let service = one_entry("phantom", 5, 1, k, v);
+    let service = Delta::single("phantom", 5, 1, k, v);
     inject(&mut net, 0, &push(vec![info, service]));
     let d = swim(&net, 0, vec![foca::Member::alive(phantom)]);
     inject(&mut net, 0, &d);
@@ -438,7 +423,7 @@ fn state_pushed_for_names_that_are_no_members_stays_within_its_budget() {
     let names: Vec<String> = (0..300).map(|i| format!("nobody{i}")).collect();
     for n in &names {
         let (k, v) = big_service("s", 60_000);
-        let d = one_entry(n, 1, 0, k, v);
+        let d = Delta::single(n, 1, 0, k, v);
         inject_stream(
             &mut net,
             0,
@@ -473,7 +458,7 @@ fn a_members_state_stays_within_its_bound() {
             0,
             &SyncRequest::Push {
                 from: forger(),
-                deltas: vec![one_entry("n1", run, held + i, k, v)],
+                deltas: vec![Delta::single("n1", run, held + i, k, v)],
             },
         );
     }
