@@ -876,3 +876,17 @@ fn node_maintenance_check(reason: &str) -> Check {
         status_changed_ms: wall_clock_millis(),
     }
 }
+
+#[cfg(test)]
+impl State {
+    /// A memory-only state of node `n1` in `dc1` at 127.0.0.1, for unit tests.
+    pub fn for_test() -> Arc<State> {
+        State::new(
+            "n1".into(),
+            "dc1".into(),
+            "127.0.0.1".parse().expect("an address"),
+            BTreeMap::new(),
+            None,
+        )
+    }
+}

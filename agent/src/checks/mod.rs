@@ -422,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_runner_per_active_check_restarted_on_change() {
-        let state = ttl_state();
+        let state = State::for_test();
         let script = |args: &[&str]| CheckKind::Script {
             args: args.iter().map(|a| a.to_string()).collect(),
             interval_ms: 60_000,
@@ -463,15 +463,5 @@ mod tests {
         reconcile(&state, &r, false, &mut runners, &mut HashMap::new());
         assert!(!runners.contains_key("a"));
         assert!(runners.contains_key("sc"));
-    }
-
-    fn ttl_state() -> Arc<State> {
-        State::new(
-            "n1".into(),
-            "dc1".into(),
-            "127.0.0.1".parse().unwrap(),
-            BTreeMap::new(),
-            None,
-        )
     }
 }

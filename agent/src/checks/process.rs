@@ -231,17 +231,6 @@ mod tests {
     use crate::state::Source;
     use muster_proto::model::{Check, Service, Weights};
     use std::collections::BTreeMap;
-    use std::sync::Arc;
-
-    fn state() -> Arc<State> {
-        State::new(
-            "n1".into(),
-            "dc1".into(),
-            "127.0.0.1".parse().unwrap(),
-            BTreeMap::new(),
-            None,
-        )
-    }
 
     /// Registers service `id` with a process check on `pid`, bound as the API binds it.
     async fn register(state: &State, id: &str, pid: u32) -> Check {
@@ -280,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_service_goes_when_its_process_exits() {
-        let state = state();
+        let state = State::for_test();
         let mut child = tokio::process::Command::new("sleep")
             .arg("600")
             .spawn()
@@ -307,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verdict_on_an_earlier_process_leaves_a_new_registration_alone() {
-        let state = state();
+        let state = State::for_test();
         let mut child = tokio::process::Command::new("sleep")
             .arg("600")
             .spawn()

@@ -187,17 +187,6 @@ pub async fn run(
 mod tests {
     use super::*;
     use muster_proto::model::Check;
-    use std::collections::BTreeMap;
-
-    fn state() -> Arc<State> {
-        State::new(
-            "n1".into(),
-            "dc1".into(),
-            "127.0.0.1".parse().unwrap(),
-            BTreeMap::new(),
-            None,
-        )
-    }
 
     fn ttl_check(id: &str, ttl_ms: u64, status: HealthStatus, output: &str) -> Check {
         Check {
@@ -222,7 +211,7 @@ mod tests {
     /// in the record still pushing the expiry back.
     #[tokio::test(start_paused = true)]
     async fn ttl_expires_unless_refreshed() {
-        let state = state();
+        let state = State::for_test();
         let c = ttl_check("hb", 10_000, HealthStatus::Passing, "");
         state.register_check(c).await.unwrap();
         let task = tokio::spawn({
@@ -279,7 +268,7 @@ mod tests {
     /// (critical notes untouched); a shorter one leaves what the TTL has left.
     #[tokio::test(start_paused = true)]
     async fn restored_checks_are_judged_from_the_stamp() {
-        let state = state();
+        let state = State::for_test();
         for c in [
             ttl_check("short", 10_000, HealthStatus::Passing, "ok"),
             ttl_check("long", 600_000, HealthStatus::Warning, "slow"),
