@@ -94,6 +94,8 @@ pub struct Metrics {
     /// (channel, reason) → gossip datagrams and stream frames dropped before decoding.
     /// Both labels are fixed strings from the transport, so the map stays small.
     pub gossip_dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The gossip node's local health score (0 = healthy; see `muster_proto::gossip::health`).
+    pub gossip_health_score: AtomicU64,
     /// Keyring operations applied on this agent, and those it refused.
     pub keyring_ops: AtomicU64,
     pub keyring_op_failures: AtomicU64,
@@ -336,6 +338,13 @@ impl Metrics {
             help: "1 while this agent serves peers' last known instances after losing most of them at once.",
             labels: vec![],
             value: if snap.protect_since_ms().is_some() { 1.0 } else { 0.0 },
+            count: 1,
+        });
+        gauges.push(Series {
+            name: "muster.gossip.health_score",
+            help: "Local health score: 0 is healthy; above 0 this agent's own timers ran late and it gives peers that many more probe and suspicion periods.",
+            labels: vec![],
+            value: self.gossip_health_score.load(Relaxed) as f64,
             count: 1,
         });
         gauges.push(Series {

@@ -418,7 +418,13 @@ impl Harness {
             3 => {
                 let push = Push {
                     deltas: list(u, 3, delta)?,
-                    verdicts: list(u, 2, |u| Ok(Verdict::ForceLeft(id(u)?)))?,
+                    verdicts: list(u, 2, |u| {
+                        Ok(if u.arbitrary()? {
+                            Verdict::ForceLeft(id(u)?)
+                        } else {
+                            Verdict::Joined(id(u)?)
+                        })
+                    })?,
                     notices: list(u, 3, |u| Ok((name(u)?.into(), stamp(u)?)))?,
                     relay: u.arbitrary()?,
                 };

@@ -145,6 +145,42 @@ impl Fleet {
         self.run_until_converged(start + limit).map(|t| t - start)
     }
 
+    /// A fleet started the way an operator's script or a benchmark starts one: host 0 up,
+    /// then every other host joining host 0 within a few milliseconds (`spacing` apart).
+    /// Returns how long after the first join every host listed every other as alive (or
+    /// None if that took longer than `limit`).
+    pub fn form_through_one(&mut self, spacing: Duration, limit: Duration) -> Option<Duration> {
+        self.sim.start(0, None);
+        self.sim.run_for(Duration::from_millis(100));
+        let start = self.sim.now;
+        for i in 1..self.cfg.nodes {
+            self.sim.start(i, Some(0));
+            self.sim.run_for(spacing);
+        }
+        loop {
+            if self.all_listed() {
+                return Some(self.sim.now - start);
+            }
+            if self.sim.now - start >= limit {
+                return None;
+            }
+            self.sim.run_for(Duration::from_millis(10));
+        }
+    }
+
+    /// Every running host lists every other running host as alive (their state aside).
+    pub fn all_listed(&self) -> bool {
+        let hosts = &self.sim.hosts;
+        hosts.iter().filter_map(|h| h.node.as_ref()).all(|n| {
+            hosts.iter().all(|x| {
+                x.node.is_none()
+                    || x.name == *n.name()
+                    || n.member(&x.name)
+                        .is_some_and(|m| m.status == MemberStatus::Alive)
+            })
+        })
+    }
+
     /// Starts every host at once from a formed view of the fleet (every member and its
     /// state), as after formation, without replaying N whole-catalog joins: the way to set
     /// up thousands of nodes in one process. See `Node::warm_start`.

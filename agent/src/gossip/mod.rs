@@ -439,6 +439,9 @@ impl Driver {
             METRICS.gossip_dropped_n("member", "over_capacity", refused);
         }
         self.reported = s.clone();
+        METRICS
+            .gossip_health_score
+            .store(u64::from(self.node.health_score()), Relaxed);
     }
 
     async fn command(&mut self, cmd: Command) {

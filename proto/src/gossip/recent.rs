@@ -37,9 +37,12 @@ pub fn change_hash(node: &str, version: u64) -> u64 {
 }
 
 pub fn verdict_hash(v: &Verdict) -> u64 {
-    let Verdict::ForceLeft(id) = v;
+    let (tag, id) = match v {
+        Verdict::ForceLeft(id) => (b'f', id),
+        Verdict::Joined(id) => (b'j', id),
+    };
     let mut buf = Vec::with_capacity(id.name().len() + 9);
-    buf.push(b'f');
+    buf.push(tag);
     buf.extend_from_slice(id.name().as_bytes());
     buf.extend_from_slice(&id.boot().to_le_bytes());
     xxh3_64(&buf)

@@ -47,11 +47,17 @@ pub const MAX_ITEMS: usize = 65_536;
 /// whole must fit in [`MAX_PAYLOAD`] (the receiver refuses a larger datagram unread).
 pub const PULL_HASHES: usize = (MAX_PAYLOAD - 8) / 10;
 
-/// A verdict about a member that its owner did not author.
+/// A word about a member's standing that travels like a change (pushed eagerly, announced by
+/// hash, pulled), not through SWIM's piggy-backing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// An operator forced this (failed) member out: list it as left.
     ForceLeft(NodeId),
+    /// This member has just joined (said by the joiner once its join exchange is done): know
+    /// it as alive now. SWIM spreads a joiner only through members to whom it is news, and
+    /// members that learnt it from a join reply's table are not: when many join at once, the
+    /// ones that joined first could miss the later ones until their next exchange.
+    Joined(NodeId),
 }
 
 /// Changes pushed to a member.

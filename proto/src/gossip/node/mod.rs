@@ -54,6 +54,11 @@ const GAP_GRACE: Duration = Duration::from_millis(500);
 /// One more anti-entropy exchange this long after a join (changes made while the cluster
 /// did not know us yet were not pushed to us).
 const SETTLE_AFTER: Duration = Duration::from_secs(3);
+/// And one this long after a join: members that joined through the same member a moment
+/// after us are missing from our join reply, and our word that we joined (`Verdict::Joined`)
+/// may have reached the members they know before those members knew us. By now nearly every
+/// member knows every joiner of the wave, and the comparison brings in whom we lack.
+const EARLY_SETTLE: Duration = Duration::from_millis(500);
 /// One anti-entropy exchange this long after a burst of changes (more than SWIM trailers
 /// announce) has left the announcement window: by then pushes and pulls are done, and
 /// what they missed (a node's last change above all, which no later change reveals as a
@@ -172,6 +177,9 @@ enum Tick {
     Pulls,
     Fetch,
     Settle,
+    /// The exchange [`EARLY_SETTLE`] after a join: never pushed back by a burst (a join
+    /// wave is one).
+    EarlySettle,
     Reconnect,
 }
 
@@ -386,9 +394,7 @@ impl Node {
                     self.drain_swim(now, rt);
                 }
                 Tick::Sync => {
-                    if let Some(to) = self.random_members(1, None).into_iter().next() {
-                        self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
-                    }
+                    self.sync_with_random_member(now);
                     let next = self.jittered(now, self.sync_period());
                     self.timers.schedule(next, Tick::Sync);
                 }
@@ -415,16 +421,21 @@ impl Node {
                         Some(_) => self.settle_at = None,
                         None => {}
                     }
-                    if let Some(to) = self.random_members(1, None).into_iter().next() {
-                        self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
-                    }
+                    self.sync_with_random_member(now);
                 }
+                Tick::EarlySettle => self.sync_with_random_member(now),
                 Tick::Reconnect => {
                     self.protect_tick(now);
                     self.reconnect(now);
                     self.timers.schedule(now + RECONNECT_EVERY, Tick::Reconnect);
                 }
             }
+        }
+    }
+
+    fn sync_with_random_member(&mut self, now: Duration) {
+        if let Some(to) = self.random_members(1, None).into_iter().next() {
+            self.start_sync(now, to.gossip_addr(), Some(to.name().clone()), false);
         }
     }
 
@@ -566,6 +577,14 @@ impl Node {
                 foca::Timer::SendIndirectProbe { .. }
                 | foca::Timer::ChangeSuspectToDown { .. }
                 | foca::Timer::ProbeRandomMember(_) => self.health.stretch(now, after),
+                _ => after,
+            };
+            // The last check (see `last_check`) takes its wait out of the suspicion period
+            // rather than adding to it: a crash is declared no later than without it.
+            let after = match timer {
+                foca::Timer::ChangeSuspectToDown { .. } if self.cfg.last_check => {
+                    after.saturating_sub(CONFIRM_WAIT)
+                }
                 _ => after,
             };
             self.timers.schedule(now + after, Tick::Swim(timer));

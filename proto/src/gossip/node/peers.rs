@@ -17,6 +17,7 @@ use super::super::identity::NodeId;
 use super::super::intern::{self, Table as InternTable};
 use super::{Event, Node, MAX_VERSION_JUMP};
 use crate::model::MemberStatus;
+use foca::{AccumulatingRuntime, Member};
 use hashbrown::HashTable;
 use rand10::rngs::StdRng;
 use rand10::RngExt;
@@ -607,10 +608,44 @@ impl Node {
         self.refresh(now, id.name());
     }
 
-    /// Applies a force-leave verdict; returns false when it is refused (it is about us, or
-    /// about a member SWIM holds up here), so that it is not passed on.
+    /// Applies a verdict; returns false when it is refused, so that it is not passed on.
     pub(super) fn apply_verdict(&mut self, now: Duration, v: &super::super::wire::Verdict) -> bool {
-        let super::super::wire::Verdict::ForceLeft(id) = v;
+        match v {
+            super::super::wire::Verdict::ForceLeft(id) => self.apply_force_left(now, id),
+            super::super::wire::Verdict::Joined(id) => self.apply_joined(now, id),
+        }
+    }
+
+    /// A joiner says it is here: it is taken as alive unless we hold this run or a later one
+    /// already. Passed on either way, unless it is stale: members that know the joiner from
+    /// a join reply's table still carry the word to those that do not.
+    fn apply_joined(&mut self, now: Duration, id: &NodeId) -> bool {
+        if id.name() == self.cfg.name || !self.admit(id) {
+            return false;
+        }
+        if let Some(p) = self.peers.get(id.name()) {
+            if p.swim != SwimState::Unknown {
+                if id.boot() < p.id.boot() || (p.id == *id && p.swim != SwimState::Up) {
+                    // An earlier run, or this run already declared down here: stale.
+                    return false;
+                }
+                if p.id == *id {
+                    return true;
+                }
+            }
+        }
+        let mut rt = AccumulatingRuntime::new();
+        // No news to SWIM: this word itself reaches every member.
+        let _ = self
+            .swim
+            .apply_many(std::iter::once(Member::alive(id.clone())), false, &mut rt);
+        self.drain_swim(now, rt);
+        true
+    }
+
+    /// Applies a force-leave verdict; returns false when it is refused (it is about us, or
+    /// about a member SWIM holds up here).
+    fn apply_force_left(&mut self, now: Duration, id: &NodeId) -> bool {
         if id.name() == self.cfg.name {
             // We are alive and say so: a later boot refutes it.
             self.learn_self(

@@ -12,7 +12,7 @@
 use super::super::data::{Delta, Name};
 use super::super::digest::bucket_of;
 use super::super::wire::{self, Summary, SyncReply, SyncRequest, Want, SYNC_BUDGET};
-use super::{Claim, Event, Node, Tick, Transmit, SETTLE_AFTER};
+use super::{Claim, Event, Node, Tick, Transmit, EARLY_SETTLE, SETTLE_AFTER};
 use crate::model::MemberStatus;
 use foca::{AccumulatingRuntime, Member};
 use std::collections::BTreeSet;
@@ -190,7 +190,11 @@ impl Node {
                 }
                 if join {
                     self.joined(session.to, Ok(()));
+                    self.timers.schedule(now + EARLY_SETTLE, Tick::EarlySettle);
                     self.timers.schedule(now + SETTLE_AFTER, Tick::Settle);
+                    // Tell every member we are here, the way changes travel (see
+                    // `Verdict::Joined`).
+                    self.spread_verdict(now, wire::Verdict::Joined(self.id().clone()), None);
                     // Now that we know members, push our state to them as news.
                     let full = self.own.full(&self.cfg.name);
                     if !full.entries.is_empty() {

@@ -22,6 +22,8 @@ pub(super) struct Net {
     /// Bytes carried by streams (requests and replies), for tests that count them.
     pub stream_bytes: usize,
     pub events: Vec<Vec<Event>>,
+    /// Applied to every node's settings at start.
+    pub tweak: fn(&mut NodeConfig),
 }
 
 pub(super) fn addr(i: usize) -> SocketAddr {
@@ -59,6 +61,11 @@ pub(super) fn svc(id: &str, port: u16) -> (EntryKey, Option<Value>) {
 
 impl Net {
     pub(super) fn new(n: usize) -> Net {
+        Net::new_with(n, |_| {})
+    }
+
+    /// `n` nodes whose settings `tweak` changes, formed by joins through node 0.
+    pub(super) fn new_with(n: usize, tweak: fn(&mut NodeConfig)) -> Net {
         let mut net = Net {
             nodes: (0..n).map(|_| None).collect(),
             now: Duration::from_secs(1),
@@ -66,6 +73,7 @@ impl Net {
             refuse: Box::new(|_, _, _| false),
             stream_bytes: 0,
             events: vec![Vec::new(); n],
+            tweak,
         };
         for i in 0..n {
             net.start(i, 1, if i == 0 { None } else { Some(0) });
@@ -75,7 +83,9 @@ impl Net {
     }
 
     pub(super) fn start(&mut self, i: usize, boot: u64, join: Option<usize>) {
-        let mut node = Node::new(config(i, boot), self.now);
+        let mut cfg = config(i, boot);
+        (self.tweak)(&mut cfg);
+        let mut node = Node::new(cfg, self.now);
         node.publish(self.now, vec![svc(&format!("web-{i}"), 8000 + i as u16)]);
         if let Some(j) = join {
             node.join(self.now, addr(j));
@@ -284,6 +294,59 @@ fn a_crash_is_failed_then_forgotten_after_reconnect_timeout() {
     assert!(net.events[0]
         .iter()
         .any(|e| matches!(e, Event::Forget { node } if node == "n2")));
+}
+
+#[test]
+fn a_joiner_is_listed_everywhere_through_its_word_that_it_joined() {
+    let mut net = Net::new(2);
+    net.nodes.push(None);
+    net.events.push(Vec::new());
+    // n1 hears no SWIM at all: neither n0's gossip of the joiner nor the joiner's probes.
+    net.lose = Box::new(|_, to, bytes| to == 1 && bytes.first() == Some(&wire::KIND_SWIM));
+    net.start(2, 1, Some(0));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Alive));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Alive));
+}
+
+#[test]
+fn a_word_that_a_member_joined_is_stale_once_that_run_is_down() {
+    let mut net = Net::new(3);
+    let n2 = net.node(2).id().clone();
+    net.nodes[2] = None;
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
+    let late = wire::push_datagram(&wire::Push {
+        verdicts: vec![wire::Verdict::Joined(n2)],
+        relay: true,
+        ..wire::Push::default()
+    });
+    let n0 = net.nodes[0].as_mut().expect("running");
+    n0.handle_datagram(net.now, addr(1), &late);
+    net.pump();
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Failed));
+}
+
+/// When node 0 first lists node 2 as failed after node 2 crashes.
+fn crash_declared(mut net: Net) -> Duration {
+    let crash = net.now;
+    net.nodes[2] = None;
+    while net.status(0, 2) != Some(MemberStatus::Failed) {
+        assert!(net.now - crash < Duration::from_secs(30), "never declared");
+        net.run(Duration::from_millis(10));
+    }
+    net.now - crash
+}
+
+#[test]
+fn the_last_check_before_a_verdict_does_not_delay_it() {
+    let with = crash_declared(Net::new(3));
+    let without = crash_declared(Net::new_with(3, |c| c.last_check = false));
+    assert!(
+        with <= without,
+        "{with:?} with the last check, {without:?} without"
+    );
 }
 
 #[test]
