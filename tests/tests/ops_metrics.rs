@@ -92,6 +92,8 @@ fn prometheus_text_parses_and_counters_move_with_traffic() {
     assert!(before.contains_key("muster_dns_query_duration_seconds_bucket{le=\"+Inf\"}"));
     assert!(before.contains_key("muster_gossip_bytes_received_total{}"));
     assert!(before.contains_key("muster_gossip_decrypt_failures_total{}"));
+    // An idle agent's own timers run on time.
+    assert_eq!(get(&before, "muster_gossip_health_score{}"), 0.0);
 
     // Traffic: two registrations (one with a critical check), a 404, catalog reads.
     for body in [

@@ -617,8 +617,10 @@ impl Node {
     }
 
     /// A joiner says it is here: it is taken as alive unless we hold this run or a later one
-    /// already. Passed on either way, unless it is stale: members that know the joiner from
-    /// a join reply's table still carry the word to those that do not.
+    /// already. Passed on if it is news here, and also if we learnt of this run only lately
+    /// (from a join reply's table, in the same wave): such members still carry the word to
+    /// those that lack it. A word that comes round again after members forgot having seen it
+    /// (`recent::KEEP`) is about a run held for longer, and goes no further.
     fn apply_joined(&mut self, now: Duration, id: &NodeId) -> bool {
         if id.name() == self.cfg.name || !self.admit(id) {
             return false;
@@ -630,7 +632,8 @@ impl Node {
                     return false;
                 }
                 if p.id == *id {
-                    return true;
+                    let since = Duration::from_secs(u64::from(p.since_s));
+                    return now.saturating_sub(since) < super::super::recent::KEEP;
                 }
             }
         }

@@ -328,6 +328,31 @@ fn a_word_that_a_member_joined_is_stale_once_that_run_is_down() {
     assert_eq!(net.status(1, 2), Some(MemberStatus::Failed));
 }
 
+#[test]
+fn a_word_that_a_member_joined_goes_no_further_once_it_is_old_news() {
+    let mut net = Net::new(3);
+    let word = wire::push_datagram(&wire::Push {
+        verdicts: vec![wire::Verdict::Joined(net.node(2).id().clone())],
+        relay: true,
+        ..wire::Push::default()
+    });
+    // Long after the join, members have forgotten having seen the word: if it comes round
+    // again, it is not passed on (nor announced), or it would circle for ever.
+    net.run(Duration::from_secs(30));
+    let now = net.now;
+    let n0 = net.nodes[0].as_mut().expect("running");
+    while n0.poll_transmit().is_some() {}
+    n0.handle_datagram(now, addr(1), &word);
+    let mut pushes = 0;
+    while let Some(t) = n0.poll_transmit() {
+        if let Transmit::Datagram { bytes, .. } = t {
+            pushes += usize::from(bytes.first() == Some(&wire::KIND_PUSH));
+        }
+    }
+    assert_eq!(pushes, 0);
+    assert_eq!(net.status(0, 2), Some(MemberStatus::Alive));
+}
+
 /// When node 0 first lists node 2 as failed after node 2 crashes.
 fn crash_declared(mut net: Net) -> Duration {
     let crash = net.now;
