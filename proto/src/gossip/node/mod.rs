@@ -54,11 +54,11 @@ const GAP_GRACE: Duration = Duration::from_millis(500);
 /// One more anti-entropy exchange this long after a join (changes made while the cluster
 /// did not know us yet were not pushed to us).
 const SETTLE_AFTER: Duration = Duration::from_secs(3);
-/// And one this long after a join: members that joined through the same member a moment
-/// after us are missing from our join reply, and our word that we joined (`Verdict::Joined`)
-/// may have reached the members they know before those members knew us. By now nearly every
-/// member knows every joiner of the wave, and the comparison brings in whom we lack.
-const EARLY_SETTLE: Duration = Duration::from_millis(500);
+/// And one this long after a join, with the member we joined through: members that joined
+/// through it a moment after us are missing from our join reply, and their word that they
+/// joined (`Verdict::Joined`) may have gone to the members they knew before those knew us.
+/// The member we joined through knows them all, and the comparison brings in whom we lack.
+const EARLY_SETTLE: Duration = Duration::from_millis(250);
 /// One anti-entropy exchange this long after a burst of changes (more than SWIM trailers
 /// announce) has left the announcement window: by then pushes and pulls are done, and
 /// what they missed (a node's last change above all, which no later change reveals as a
@@ -177,9 +177,13 @@ enum Tick {
     Pulls,
     Fetch,
     Settle,
-    /// The exchange [`EARLY_SETTLE`] after a join: never pushed back by a burst (a join
-    /// wave is one).
-    EarlySettle,
+    /// The exchange [`EARLY_SETTLE`] after a join, with the member we joined through (it
+    /// learnt every joiner of the wave that came through it): never pushed back by a burst
+    /// (a join wave is one).
+    EarlySettle {
+        to: SocketAddr,
+        server: Name,
+    },
     Reconnect,
 }
 
@@ -423,7 +427,7 @@ impl Node {
                     }
                     self.sync_with_random_member(now);
                 }
-                Tick::EarlySettle => self.sync_with_random_member(now),
+                Tick::EarlySettle { to, server } => self.start_sync(now, to, Some(server), false),
                 Tick::Reconnect => {
                     self.protect_tick(now);
                     self.reconnect(now);

@@ -190,7 +190,6 @@ impl Node {
                 }
                 if join {
                     self.joined(session.to, Ok(()));
-                    self.timers.schedule(now + EARLY_SETTLE, Tick::EarlySettle);
                     self.timers.schedule(now + SETTLE_AFTER, Tick::Settle);
                     // Tell every member we are here, the way changes travel (see
                     // `Verdict::Joined`).
@@ -202,6 +201,15 @@ impl Node {
                     }
                 }
                 let server_name = server.name().clone();
+                if join {
+                    self.timers.schedule(
+                        now + EARLY_SETTLE,
+                        Tick::EarlySettle {
+                            to: session.to,
+                            server: server_name.clone(),
+                        },
+                    );
+                }
                 match buckets {
                     None => self.sync_done(now, &server_name),
                     Some(theirs) => {
