@@ -39,12 +39,7 @@ fn swim(net: &Net, to: usize, updates: Vec<foca::Member<NodeId>>) -> Vec<u8> {
 }
 
 fn inject(net: &mut Net, to: usize, bytes: &[u8]) {
-    let now = net.now;
-    net.nodes[to]
-        .as_mut()
-        .unwrap()
-        .handle_datagram(now, forger_addr(), bytes);
-    net.pump();
+    net.deliver(to, forger_addr(), bytes);
 }
 
 fn inject_stream(net: &mut Net, to: usize, req: &SyncRequest) -> Option<Vec<u8>> {

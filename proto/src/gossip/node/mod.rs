@@ -576,19 +576,16 @@ impl Node {
             self.burst_seen(until);
         }
         while let Some((after, timer)) = rt.to_schedule() {
-            // Lifeguard: a node that lags gives its probes and suspicions more time.
+            // Lifeguard: a node that lags gives its probes and suspicions more time. The last
+            // check (see `last_check`) takes its wait out of the suspicion period rather than
+            // adding to it: a crash is declared no later than without it.
             let after = match timer {
+                foca::Timer::ChangeSuspectToDown { .. } if self.cfg.last_check => {
+                    self.health.stretch(now, after).saturating_sub(CONFIRM_WAIT)
+                }
                 foca::Timer::SendIndirectProbe { .. }
                 | foca::Timer::ChangeSuspectToDown { .. }
                 | foca::Timer::ProbeRandomMember(_) => self.health.stretch(now, after),
-                _ => after,
-            };
-            // The last check (see `last_check`) takes its wait out of the suspicion period
-            // rather than adding to it: a crash is declared no later than without it.
-            let after = match timer {
-                foca::Timer::ChangeSuspectToDown { .. } if self.cfg.last_check => {
-                    after.saturating_sub(CONFIRM_WAIT)
-                }
                 _ => after,
             };
             self.timers.schedule(now + after, Tick::Swim(timer));

@@ -188,8 +188,16 @@ impl Node {
                 for s in &departed {
                     self.learn_departed(now, s);
                 }
+                let server_name = server.name().clone();
                 if join {
                     self.joined(session.to, Ok(()));
+                    self.timers.schedule(
+                        now + EARLY_SETTLE,
+                        Tick::EarlySettle {
+                            to: session.to,
+                            server: server_name.clone(),
+                        },
+                    );
                     self.timers.schedule(now + SETTLE_AFTER, Tick::Settle);
                     // Tell every member we are here, the way changes travel (see
                     // `Verdict::Joined`).
@@ -199,16 +207,6 @@ impl Node {
                     if !full.entries.is_empty() {
                         self.spread_new(now, full, None);
                     }
-                }
-                let server_name = server.name().clone();
-                if join {
-                    self.timers.schedule(
-                        now + EARLY_SETTLE,
-                        Tick::EarlySettle {
-                            to: session.to,
-                            server: server_name.clone(),
-                        },
-                    );
                 }
                 match buckets {
                     None => self.sync_done(now, &server_name),

@@ -94,6 +94,16 @@ impl Net {
         self.pump();
     }
 
+    /// Hands node `to` a datagram from `from`, then delivers what follows.
+    pub(super) fn deliver(&mut self, to: usize, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        self.nodes[to]
+            .as_mut()
+            .expect("running")
+            .handle_datagram(now, from, bytes);
+        self.pump();
+    }
+
     pub(super) fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("running")
     }
@@ -296,6 +306,15 @@ fn a_crash_is_failed_then_forgotten_after_reconnect_timeout() {
         .any(|e| matches!(e, Event::Forget { node } if node == "n2")));
 }
 
+/// A push datagram carrying `id`'s word that it joined, as first receivers pass it on.
+fn joined_word(id: NodeId) -> Vec<u8> {
+    wire::push_datagram(&wire::Push {
+        verdicts: vec![wire::Verdict::Joined(id)],
+        relay: true,
+        ..wire::Push::default()
+    })
+}
+
 #[test]
 fn a_joiner_is_listed_everywhere_through_its_word_that_it_joined() {
     let mut net = Net::new(2);
@@ -315,14 +334,7 @@ fn a_word_that_a_member_joined_is_stale_once_that_run_is_down() {
     net.nodes[2] = None;
     net.run(Duration::from_secs(20));
     assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
-    let late = wire::push_datagram(&wire::Push {
-        verdicts: vec![wire::Verdict::Joined(n2)],
-        relay: true,
-        ..wire::Push::default()
-    });
-    let n0 = net.nodes[0].as_mut().expect("running");
-    n0.handle_datagram(net.now, addr(1), &late);
-    net.pump();
+    net.deliver(0, addr(1), &joined_word(n2));
     net.run(Duration::from_secs(2));
     assert_eq!(net.status(0, 2), Some(MemberStatus::Failed));
     assert_eq!(net.status(1, 2), Some(MemberStatus::Failed));
@@ -331,11 +343,7 @@ fn a_word_that_a_member_joined_is_stale_once_that_run_is_down() {
 #[test]
 fn a_word_that_a_member_joined_goes_no_further_once_it_is_old_news() {
     let mut net = Net::new(3);
-    let word = wire::push_datagram(&wire::Push {
-        verdicts: vec![wire::Verdict::Joined(net.node(2).id().clone())],
-        relay: true,
-        ..wire::Push::default()
-    });
+    let word = joined_word(net.node(2).id().clone());
     // Long after the join, members have forgotten having seen the word: if it comes round
     // again, it is not passed on (nor announced), or it would circle for ever.
     net.run(Duration::from_secs(30));
