@@ -646,8 +646,8 @@ impl Node {
         true
     }
 
-    /// Applies a force-leave verdict; returns false when it is refused (it is about us, or
-    /// about a member SWIM holds up here).
+    /// Applies a force-leave verdict; returns whether it was news here (false when it is
+    /// about us, about a member SWIM holds up here, or changed nothing).
     fn apply_force_left(&mut self, now: Duration, id: &NodeId) -> bool {
         if id.name() == self.cfg.name {
             // We are alive and say so: a later boot refutes it.
@@ -675,9 +675,13 @@ impl Node {
             if id.boot() >= p.id.boot() && id.boot() > p.forced_boot() {
                 p.set_forced_boot(id.boot());
                 self.refresh(now, id.name());
+                return true;
             }
         }
-        true
+        // Held already, about an earlier run, or about a member never heard of: nothing
+        // changed here, so it is not passed on. A verdict that comes round again after
+        // members forgot having seen it (`recent::KEEP`) dies out instead of circling.
+        false
     }
 
     /// Recomputes a member's standing after any change of its facts, and tells the caller,

@@ -306,13 +306,33 @@ fn a_crash_is_failed_then_forgotten_after_reconnect_timeout() {
         .any(|e| matches!(e, Event::Forget { node } if node == "n2")));
 }
 
-/// A push datagram carrying `id`'s word that it joined, as first receivers pass it on.
-fn joined_word(id: NodeId) -> Vec<u8> {
+/// A push datagram carrying one verdict, as first receivers pass it on.
+fn verdict_word(v: wire::Verdict) -> Vec<u8> {
     wire::push_datagram(&wire::Push {
-        verdicts: vec![wire::Verdict::Joined(id)],
+        verdicts: vec![v],
         relay: true,
         ..wire::Push::default()
     })
+}
+
+/// A push datagram carrying `id`'s word that it joined.
+fn joined_word(id: NodeId) -> Vec<u8> {
+    verdict_word(wire::Verdict::Joined(id))
+}
+
+/// How many pushes node `at` sends on when `bytes` arrive from node `from`.
+fn pushes_passed_on(net: &mut Net, at: usize, from: usize, bytes: &[u8]) -> usize {
+    let now = net.now;
+    let node = net.nodes[at].as_mut().expect("running");
+    while node.poll_transmit().is_some() {}
+    node.handle_datagram(now, addr(from), bytes);
+    let mut pushes = 0;
+    while let Some(t) = node.poll_transmit() {
+        if let Transmit::Datagram { bytes, .. } = t {
+            pushes += usize::from(bytes.first() == Some(&wire::KIND_PUSH));
+        }
+    }
+    pushes
 }
 
 #[test]
@@ -347,17 +367,7 @@ fn a_word_that_a_member_joined_goes_no_further_once_it_is_old_news() {
     // Long after the join, members have forgotten having seen the word: if it comes round
     // again, it is not passed on (nor announced), or it would circle for ever.
     net.run(Duration::from_secs(30));
-    let now = net.now;
-    let n0 = net.nodes[0].as_mut().expect("running");
-    while n0.poll_transmit().is_some() {}
-    n0.handle_datagram(now, addr(1), &word);
-    let mut pushes = 0;
-    while let Some(t) = n0.poll_transmit() {
-        if let Transmit::Datagram { bytes, .. } = t {
-            pushes += usize::from(bytes.first() == Some(&wire::KIND_PUSH));
-        }
-    }
-    assert_eq!(pushes, 0);
+    assert_eq!(pushes_passed_on(&mut net, 0, 1, &word), 0);
     assert_eq!(net.status(0, 2), Some(MemberStatus::Alive));
 }
 
@@ -404,6 +414,33 @@ fn force_leave_turns_a_failed_member_left_cluster_wide() {
     net.pump();
     assert_eq!(net.status(0, 2), Some(MemberStatus::Left));
     assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
+}
+
+#[test]
+fn a_force_leave_verdict_goes_no_further_once_it_is_old_news() {
+    // Four members, so that node 1 has one to pass a verdict from node 0 on to (node 3).
+    let mut net = Net::new(4);
+    let n2 = net.node(2).id().clone();
+    net.nodes[2] = None;
+    net.run(Duration::from_secs(20));
+    let now = net.now;
+    net.nodes[0]
+        .as_mut()
+        .unwrap()
+        .force_leave(now, "n2", false)
+        .unwrap();
+    net.pump();
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
+    // Members forget having seen the verdict (`recent::KEEP`): if it comes round again, it
+    // changes nothing here and is not passed on, or it would circle for ever.
+    net.run(Duration::from_secs(30));
+    let word = verdict_word(wire::Verdict::ForceLeft(n2.clone()));
+    assert_eq!(pushes_passed_on(&mut net, 1, 0, &word), 0);
+    assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
+    // Nor a verdict about a member never heard of: there is nothing to force out here.
+    let stranger = NodeId::new("n9", addr(9), 5);
+    let word = verdict_word(wire::Verdict::ForceLeft(stranger));
+    assert_eq!(pushes_passed_on(&mut net, 1, 0, &word), 0);
 }
 
 #[test]
