@@ -104,6 +104,17 @@ impl Net {
         self.pump();
     }
 
+    /// An operator's force-leave of `name` at node `at`, then delivers what follows.
+    fn force_leave(&mut self, at: usize, name: &str) -> Result<(), String> {
+        let now = self.now;
+        let r = self.nodes[at]
+            .as_mut()
+            .expect("running")
+            .force_leave(now, name, false);
+        self.pump();
+        r
+    }
+
     pub(super) fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("running")
     }
@@ -397,21 +408,8 @@ fn force_leave_turns_a_failed_member_left_cluster_wide() {
     let mut net = Net::new(3);
     net.nodes[2] = None;
     net.run(Duration::from_secs(20));
-    let now = net.now;
-    assert!(
-        net.nodes[0]
-            .as_mut()
-            .unwrap()
-            .force_leave(now, "n1", false)
-            .is_err(),
-        "alive"
-    );
-    net.nodes[0]
-        .as_mut()
-        .unwrap()
-        .force_leave(now, "n2", false)
-        .unwrap();
-    net.pump();
+    assert!(net.force_leave(0, "n1").is_err(), "alive");
+    net.force_leave(0, "n2").unwrap();
     assert_eq!(net.status(0, 2), Some(MemberStatus::Left));
     assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
 }
@@ -423,18 +421,12 @@ fn a_force_leave_verdict_goes_no_further_once_it_is_old_news() {
     let n2 = net.node(2).id().clone();
     net.nodes[2] = None;
     net.run(Duration::from_secs(20));
-    let now = net.now;
-    net.nodes[0]
-        .as_mut()
-        .unwrap()
-        .force_leave(now, "n2", false)
-        .unwrap();
-    net.pump();
+    net.force_leave(0, "n2").unwrap();
     assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
     // Members forget having seen the verdict (`recent::KEEP`): if it comes round again, it
     // changes nothing here and is not passed on, or it would circle for ever.
     net.run(Duration::from_secs(30));
-    let word = verdict_word(wire::Verdict::ForceLeft(n2.clone()));
+    let word = verdict_word(wire::Verdict::ForceLeft(n2));
     assert_eq!(pushes_passed_on(&mut net, 1, 0, &word), 0);
     assert_eq!(net.status(1, 2), Some(MemberStatus::Left));
     // Nor a verdict about a member never heard of: there is nothing to force out here.
