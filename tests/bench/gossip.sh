@@ -254,6 +254,9 @@ def median(values):
 def main():
     sizes = [int(a) for a in sys.argv[1:]]
     repeat = int(os.environ.get("REPEAT", "1"))
+    if not 1 <= KILLS < min(sizes):
+        # Agent 0 must live on to be asked, and a run needs at least one kill to report.
+        sys.exit(f"KILLS={KILLS}: must be at least 1 and below the smallest N ({min(sizes)})")
     statsd = Statsd()
     statsd.start()
     rows = []
